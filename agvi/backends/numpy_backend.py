@@ -1,0 +1,432 @@
+"""NumPy arrays differentiated by autograd: the default backend and the agreement oracle.
+
+Every operation maps to an ``autograd.numpy`` / ``autograd.scipy`` function that has a gradient,
+or to a primitive defined here with its VJP (``ndtri``, ``xlogy``, ``i0e``, ``i1e``, the
+reparameterised gamma draw). There is no compiler: :meth:`jit` is the identity, control flow runs
+as Python loops, :meth:`vmap` loops and stacks, and forward mode is computed exactly by the
+double-VJP transpose trick.
+"""
+
+from __future__ import annotations
+
+import autograd
+import autograd.numpy as anp
+import autograd.scipy.special as asp
+import autograd.scipy.stats.norm as anorm
+import numpy as np
+import scipy.special as ssp
+from autograd.extend import defvjp, defvjp_argnums, primitive
+from autograd.numpy.numpy_boxes import ArrayBox
+
+from . import host_random
+from .base import Backend
+
+__all__ = ["NumpyBackend"]
+
+_DTYPES = {"float32": np.float32, "float64": np.float64, "int32": np.int32, "int64": np.int64,
+           "uint32": np.uint32, "bool": np.bool_}
+
+
+def _unbroadcast(g, shape):
+    """Sum ``g`` over the axes that broadcasting added or stretched to reach its shape."""
+    while anp.ndim(g) > len(shape):
+        g = anp.sum(g, axis=0)
+    for axis, n in enumerate(shape):
+        if n == 1 and g.shape[axis] != 1:
+            g = anp.sum(g, axis=axis, keepdims=True)
+    return g
+
+
+# --- primitives that autograd lacks -------------------------------------------------------------
+@primitive
+def _ndtri(p):
+    return ssp.ndtri(p)
+
+
+defvjp(_ndtri, lambda ans, p: lambda g: g * np.sqrt(2 * np.pi) * np.exp(0.5 * ans * ans))
+
+
+@primitive
+def _xlogy(x, y):
+    return ssp.xlogy(x, y)
+
+
+defvjp(_xlogy,
+       lambda ans, x, y: lambda g: _unbroadcast(g * np.where(x == 0, 0.0, np.log(np.where(x == 0, 1.0, y))), np.shape(x)),
+       lambda ans, x, y: lambda g: _unbroadcast(g * np.where(x == 0, 0.0, x / np.where(x == 0, 1.0, y)), np.shape(y)))
+
+
+@primitive
+def _i0e(x):
+    return ssp.i0e(x)
+
+
+@primitive
+def _i1e(x):
+    return ssp.i1e(x)
+
+
+defvjp(_i0e, lambda ans, x: lambda g: g * (ssp.i1e(x) - np.sign(x) * ans))
+# d/dx i1e(x) = i0e(x) - i1e(x) (sign(x) + 1/x); the limit at x = 0 is 1/2.
+defvjp(_i1e, lambda ans, x: lambda g: g * np.where(
+    x == 0, 0.5, ssp.i0e(x) - ans * (np.sign(x) + 1.0 / np.where(x == 0, 1.0, x))))
+
+
+@primitive
+def _gamma_draw(alpha, z):
+    """Identity in ``z`` (the raw draw); carries the implicit-reparameterisation VJP to alpha."""
+    return z
+
+
+def _gamma_draw_vjp(ans, alpha, z):
+    from ._gamma_grad import standard_gamma_grad  # numpy/scipy only; loaded on first use
+
+    return lambda g: _unbroadcast(
+        g * standard_gamma_grad(np.broadcast_to(alpha, np.shape(ans)), ans), np.shape(alpha))
+
+
+defvjp(_gamma_draw, _gamma_draw_vjp)
+
+
+@primitive
+def _scatter(value, index, shape, add):
+    """Zeros of ``shape`` with ``value`` written (or accumulated) at ``index``."""
+    out = np.zeros(shape, dtype=np.result_type(value))
+    if add:
+        np.add.at(out, index, value)
+    else:
+        out[index] = value
+    return out
+
+
+defvjp(_scatter, lambda ans, value, index, shape, add: lambda g: g[index])
+
+
+def _index_set(x, index, value, add=False):
+    if not isinstance(x, ArrayBox) and not isinstance(value, ArrayBox):
+        out = np.array(x, copy=True)
+        if add:
+            np.add.at(out, index, value)
+        else:
+            out[index] = value
+        return out
+    target_shape = np.shape(np.empty(np.shape(x))[index])
+    placed = _scatter(anp.broadcast_to(value, target_shape), index, np.shape(x), add)
+    if add:
+        return x + placed
+    mask = np.zeros(np.shape(x), dtype=bool)
+    mask[index] = True
+    return anp.where(mask, placed, x)
+
+
+class NumpyBackend(Backend):
+    """NumPy + autograd backend (name ``"numpy"``, alias ``"autograd"``).
+
+    Parameters
+    ----------
+    precision : {"float32", "float64"} or None
+        Default float64.
+    device : None or "cpu"
+        NumPy runs on the host only.
+
+    Raises
+    ------
+    ValueError
+        If ``device`` names anything but the CPU.
+    """
+
+    name = "numpy"
+    install_extra = "autograd"
+
+    def __init__(self, precision=None, device=None):
+        if device not in (None, "cpu"):
+            raise ValueError(f"the numpy backend runs on the CPU only; device={device!r} is "
+                             "not available (use the torch or jax backend for GPUs)")
+        super().__init__(precision=precision, device="cpu")
+        self._bind_elementwise(anp)
+
+    # arrays -------------------------------------------------------------------------------------
+    @property
+    def xp(self):
+        return anp
+
+    def dtype(self, name):
+        try:
+            return np.dtype(_DTYPES[str(name)])
+        except KeyError:
+            raise ValueError(f"unknown dtype name {name!r}; expected one of {list(_DTYPES)}") from None
+
+    @property
+    def float_dtype(self):
+        return np.dtype(_DTYPES[self.precision])
+
+    @property
+    def int_dtype(self):
+        return np.dtype(np.int64)
+
+    def astype(self, x, dtype):
+        return x.astype(dtype)
+
+    def is_array(self, x):
+        return isinstance(x, (np.ndarray, np.generic, ArrayBox))
+
+    def asarray(self, x, dtype=None):
+        if isinstance(x, ArrayBox):
+            return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+        self._check_foreign(x)
+        arr = np.asarray(x)
+        if dtype is None:
+            kind = arr.dtype.kind
+            if kind == "f":
+                dtype = self.float_dtype
+            elif kind in "iu" and arr.dtype != np.uint32:
+                dtype = self.int_dtype
+            else:
+                return arr
+        return arr if arr.dtype == dtype else arr.astype(dtype)
+
+    def to_numpy(self, x):
+        while isinstance(x, ArrayBox):
+            x = x._value
+        return np.array(x, copy=True)
+
+    def logsumexp(self, x, axis=None, keepdims=False):
+        return asp.logsumexp(x, axis=axis, keepdims=keepdims)
+
+    def solve_triangular(self, a, b, lower=True, trans=False):
+        # autograd's solve_triangular is 2-d only; batch by looping over leading axes.
+        from autograd.scipy.linalg import solve_triangular
+        if anp.ndim(a) == 2 and anp.ndim(b) == 2:
+            return solve_triangular(a, b, trans=1 if trans else 0, lower=lower)
+        batch = self.broadcast_shapes(np.shape(a)[:-2], np.shape(b)[:-2])
+        a = anp.broadcast_to(a, batch + np.shape(a)[-2:])
+        b = anp.broadcast_to(b, batch + np.shape(b)[-2:])
+        a2 = anp.reshape(a, (-1,) + np.shape(a)[-2:])
+        b2 = anp.reshape(b, (-1,) + np.shape(b)[-2:])
+        out = anp.stack([solve_triangular(a2[i], b2[i], trans=1 if trans else 0, lower=lower)
+                         for i in range(np.shape(a2)[0])])
+        return anp.reshape(out, batch + np.shape(b)[-2:])
+
+    def slogdet(self, a):
+        sign, logdet = anp.linalg.slogdet(a)
+        return sign, logdet
+
+    def index_update(self, x, index, value):
+        return _index_set(x, index, value)
+
+    def index_add(self, x, index, value):
+        return _index_set(x, index, value, add=True)
+
+    def dynamic_slice(self, x, start, size, axis=0):
+        n = np.shape(x)[axis]
+        start = min(max(int(start), 0), n - size)
+        idx = (slice(None),) * (axis % anp.ndim(x)) + (slice(start, start + size),)
+        return x[idx]
+
+    def dynamic_index(self, x, index, axis=0):
+        idx = (slice(None),) * (axis % anp.ndim(x)) + (int(index),)
+        return x[idx]
+
+    def dynamic_update_index(self, x, index, value, axis=0):
+        idx = (slice(None),) * (axis % anp.ndim(x)) + (int(index),)
+        return _index_set(x, idx, value)
+
+    # special functions --------------------------------------------------------------------------
+    gammaln = staticmethod(asp.gammaln)
+    digamma = staticmethod(asp.digamma)
+    erf = staticmethod(asp.erf)
+    erfc = staticmethod(asp.erfc)
+    erfinv = staticmethod(asp.erfinv)
+    ndtr = staticmethod(anorm.cdf)
+    log_ndtr = staticmethod(anorm.logcdf)
+    ndtri = staticmethod(_ndtri)
+    xlogy = staticmethod(_xlogy)
+    i0e = staticmethod(_i0e)
+    i1e = staticmethod(_i1e)
+    gammainc = staticmethod(asp.gammainc)
+    gammaincc = staticmethod(asp.gammaincc)
+
+    def polygamma(self, n, x):
+        return asp.polygamma(n, x)
+
+    def expit(self, x):
+        return asp.expit(x)
+
+    def logit(self, p):
+        return asp.logit(p)
+
+    # random -------------------------------------------------------------------------------------
+    def key(self, seed):
+        return host_random.key(seed)
+
+    def split(self, key, num=2):
+        return host_random.split(key, num)
+
+    def fold_in(self, key, data):
+        return host_random.fold_in(key, data)
+
+    def normal(self, key, shape=(), dtype=None):
+        dtype = np.dtype(dtype or self.float_dtype)
+        return host_random.generator(key).standard_normal(tuple(shape)).astype(dtype)
+
+    def uniform(self, key, shape=(), dtype=None, minval=0.0, maxval=1.0):
+        dtype = np.dtype(dtype or self.float_dtype)
+        u = host_random.generator(key).random(tuple(shape))
+        return (minval + (maxval - minval) * u).astype(dtype)
+
+    def gamma(self, key, alpha, shape=None):
+        alpha = self.asarray(alpha)
+        shape = np.shape(alpha) if shape is None else tuple(shape)
+        raw = self.to_numpy(alpha)
+        z = host_random.generator(key).standard_gamma(np.broadcast_to(raw, shape).astype(np.float64))
+        return _gamma_draw(alpha, z.astype(alpha.dtype))
+
+    def poisson(self, key, rate, shape=None):
+        rate = self.to_numpy(self.asarray(rate))
+        shape = np.shape(rate) if shape is None else tuple(shape)
+        draws = host_random.generator(key).poisson(np.broadcast_to(rate, shape))
+        return draws.astype(self.float_dtype)
+
+    def binomial(self, key, total_count, probs, shape=None):
+        n = self.to_numpy(self.asarray(total_count))
+        p = self.to_numpy(self.asarray(probs))
+        shape = np.broadcast_shapes(np.shape(n), np.shape(p)) if shape is None else tuple(shape)
+        draws = host_random.generator(key).binomial(
+            np.broadcast_to(n, shape).astype(np.int64), np.broadcast_to(p, shape))
+        return draws.astype(self.float_dtype)
+
+    def randint(self, key, shape, minval, maxval):
+        return host_random.generator(key).integers(minval, maxval, size=tuple(shape),
+                                                   dtype=np.int64)
+
+    def permutation(self, key, n):
+        return host_random.generator(key).permutation(int(n))
+
+    # autodiff -----------------------------------------------------------------------------------
+    def _leaf_fn(self, f, args, argnums):
+        """Rewrite ``f`` as a function of one list of the leaves of ``args[argnums]``."""
+        nums = self._argnums_tuple(argnums)
+        flat = [self.tree_flatten(args[i]) for i in nums]
+        counts = [len(leaves) for leaves, _ in flat]
+        leaves = [leaf for ls, _ in flat for leaf in ls]
+
+        def rebuild(leaf_list):
+            out, start = [], 0
+            for (_, treedef), c in zip(flat, counts):
+                out.append(self.tree_unflatten(treedef, list(leaf_list[start:start + c])))
+                start += c
+            return out
+
+        def g(leaf_list):
+            new = list(args)
+            for i, tree in zip(nums, rebuild(leaf_list)):
+                new[i] = tree
+            return f(*new)
+
+        def package(grads):
+            trees = rebuild(grads)
+            return trees[0] if isinstance(argnums, int) else tuple(trees)
+
+        return g, leaves, package
+
+    def value_and_grad(self, f, argnums=0, has_aux=False):
+        def vg(*args):
+            g, leaves, package = self._leaf_fn(f, args, argnums)
+            if not leaves:
+                out = f(*args)
+                return out, package([])
+            if has_aux:
+                aux_box = {}
+
+                def g_main(leaf_list):
+                    val, aux = g(leaf_list)
+                    aux_box["aux"] = aux
+                    return val
+
+                vjp_fn, val = autograd.make_vjp(g_main)(list(leaves))
+                grads = vjp_fn(anp.ones_like(val))
+                return (val, _unbox(aux_box["aux"])), package(grads)
+            vjp_fn, val = autograd.make_vjp(g)(list(leaves))
+            return val, package(vjp_fn(anp.ones_like(val)))
+
+        return vg
+
+    def grad(self, f, argnums=0, has_aux=False):
+        vg = self.value_and_grad(f, argnums=argnums, has_aux=has_aux)
+
+        def gradient(*args):
+            val, gr = vg(*args)
+            return (gr, val[1]) if has_aux else gr
+
+        return gradient
+
+    def vjp(self, f, *primals, has_aux=False):
+        g, leaves, package = self._leaf_fn(f, primals, tuple(range(len(primals))))
+        aux_box, tree_out = {}, {}
+
+        def g_main(leaf_list):
+            out = g(leaf_list)
+            if has_aux:
+                out, aux_box["aux"] = out
+            if isinstance(out, (np.ndarray, np.generic, ArrayBox, float)):
+                return out
+            # pytree output: autograd traces it as one list box of its leaves
+            out_leaves, tree_out["def"] = self.tree_flatten(out)
+            return autograd.builtins.list(out_leaves)
+
+        vjp_fn, out = autograd.make_vjp(g_main)(list(leaves))
+        if "def" in tree_out:
+            treedef = tree_out["def"]
+            out = self.tree_unflatten(treedef, list(out))
+
+            def pullback(ct):
+                return package(vjp_fn(list(self.tree_leaves(ct))))
+        else:
+            def pullback(ct):
+                return package(vjp_fn(ct))
+
+        return (out, pullback, _unbox(aux_box["aux"])) if has_aux else (out, pullback)
+
+    def jvp(self, f, primals, tangents):
+        primals, tangents = tuple(primals), tuple(tangents)
+        out, pullback = self.vjp(f, *primals)
+        out_leaves, out_def = self.tree_flatten(out)
+        tangent_leaves = self.tree_leaves(tangents)
+
+        # J v = d/du <J^T u, v>: the pullback is linear in u, so its own VJP at v is J v.
+        def transpose(u_leaves):
+            cts = self.tree_leaves(pullback(self.tree_unflatten(out_def, list(u_leaves))))
+            return sum(anp.sum(c * t) for c, t in zip(cts, tangent_leaves))
+
+        jv = autograd.grad(transpose)([anp.zeros_like(leaf) for leaf in out_leaves])
+        return out, self.tree_unflatten(out_def, list(jv))
+
+    def stop_gradient(self, x):
+        return _unbox(x)
+
+    def custom_vjp(self, fun, fwd, bwd):
+        prim = primitive(fun)
+
+        def vjp_maker(argnums, ans, args, kwargs):
+            _, res = fwd(*args)
+
+            def pullback(g):
+                cts = bwd(res, g)
+                return tuple(cts[i] for i in argnums)
+
+            return pullback
+
+        defvjp_argnums(prim, vjp_maker)
+        return prim
+
+
+def _unbox(x):
+    """Strip autograd boxes from every leaf of a pytree (its value, no gradient)."""
+    import optree
+
+    def strip(v):
+        while isinstance(v, ArrayBox):
+            v = v._value
+        return v
+
+    return optree.tree_map(strip, x, none_is_leaf=False)
