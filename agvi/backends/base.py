@@ -575,7 +575,8 @@ class Backend:
         return self._missing("log_ndtr")
 
     def xlogy(self, x, y):
-        """x * log(y), 0 where x == 0 (the value and its gradient)."""
+        """x * log(y), 0 where x == 0 (the value and its gradient w.r.t. ``y``; the gradient
+        w.r.t. ``x`` is log(y), 0 where x == y == 0)."""
         return self._missing("xlogy")
 
     def i0e(self, x):
@@ -816,9 +817,11 @@ class Backend:
         return -self.softplus(-x)
 
     def xlog1py(self, x, y):
-        """x * log1p(y), 0 where x == 0 (the value and its gradient)."""
-        safe = self.where(x == 0, self.zeros_like(y), y)
-        return self.where(x == 0, self.zeros_like(x * y), x * self.log1p(safe))
+        """x * log1p(y), 0 where x == 0 (the value and its gradient w.r.t. ``y``)."""
+        # y is replaced only where x == 0 and y == -1 (0 * log(0)), so that d/dx = log1p(y)
+        # everywhere else, including at x == 0
+        safe = self.where(self.logical_and(x == 0, y == -1), self.zeros_like(y), y)
+        return x * self.log1p(safe)
 
     def softmax(self, x, axis=-1):
         """exp(x) / sum(exp(x)) along ``axis``."""

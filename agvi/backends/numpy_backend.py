@@ -37,6 +37,24 @@ def _unbroadcast(g, shape):
     return g
 
 
+def _broadcast_to(x, shape):
+    """``anp.broadcast_to`` that autograd can differentiate when it adds leading axes (its own
+    VJP asserts that the number of dimensions is unchanged)."""
+    shape = tuple(shape)
+    extra = len(shape) - np.ndim(x)
+    if extra > 0:
+        x = anp.reshape(x, (1,) * extra + np.shape(x))
+    return anp.broadcast_to(x, shape)
+
+
+def _keep_dtype(out, x):
+    """``out`` cast to the floating dtype of ``x`` (SciPy-backed functions return float64)."""
+    dt = getattr(x, "dtype", None)
+    if dt is not None and np.issubdtype(dt, np.floating) and out.dtype != dt:
+        return out.astype(dt)
+    return out
+
+
 # --- primitives that autograd lacks -------------------------------------------------------------
 @primitive
 def _ndtri(p):
@@ -51,8 +69,15 @@ def _xlogy(x, y):
     return ssp.xlogy(x, y)
 
 
+def _xlogy_dx(x, y):
+    # d/dx x log(y) = log(y), also at x == 0; 0 where x == y == 0 (the convention of the value)
+    both = (x == 0) & (y == 0)
+    with np.errstate(divide="ignore"):
+        return np.where(both, 0.0, np.log(np.where(both, 1.0, y)))
+
+
 defvjp(_xlogy,
-       lambda ans, x, y: lambda g: _unbroadcast(g * np.where(x == 0, 0.0, np.log(np.where(x == 0, 1.0, y))), np.shape(x)),
+       lambda ans, x, y: lambda g: _unbroadcast(g * _xlogy_dx(x, y), np.shape(x)),
        lambda ans, x, y: lambda g: _unbroadcast(g * np.where(x == 0, 0.0, x / np.where(x == 0, 1.0, y)), np.shape(y)))
 
 
@@ -111,7 +136,7 @@ def _index_set(x, index, value, add=False):
             out[index] = value
         return out
     target_shape = np.shape(np.empty(np.shape(x))[index])
-    placed = _scatter(anp.broadcast_to(value, target_shape), index, np.shape(x), add)
+    placed = _scatter(_broadcast_to(value, target_shape), index, np.shape(x), add)
     if add:
         return x + placed
     mask = np.zeros(np.shape(x), dtype=bool)
@@ -193,14 +218,34 @@ class NumpyBackend(Backend):
     def logsumexp(self, x, axis=None, keepdims=False):
         return asp.logsumexp(x, axis=axis, keepdims=keepdims)
 
+    def broadcast_to(self, x, shape):
+        return _broadcast_to(x, shape)
+
+    def broadcast_arrays(self, *xs):
+        shape = self.broadcast_shapes(*[np.shape(x) for x in xs])
+        return [_broadcast_to(x, shape) for x in xs]
+
+    def where(self, condition, x, y):
+        # autograd's where VJP does not unbroadcast: broadcast differentiated operands first
+        # (Python scalars stay as they are, so that they do not promote the result's dtype)
+        shape = self.broadcast_shapes(np.shape(condition), np.shape(x), np.shape(y))
+        x = _broadcast_to(x, shape) if isinstance(x, ArrayBox) else x
+        y = _broadcast_to(y, shape) if isinstance(y, ArrayBox) else y
+        return anp.where(condition, x, y)
+
+    def take(self, x, indices, axis):
+        # autograd has no VJP for numpy.take; integer-array indexing has one (it accumulates)
+        idx = (slice(None),) * (axis % anp.ndim(x)) + (np.asarray(self.to_numpy(indices)),)
+        return x[idx]
+
     def solve_triangular(self, a, b, lower=True, trans=False):
         # autograd's solve_triangular is 2-d only; batch by looping over leading axes.
         from autograd.scipy.linalg import solve_triangular
         if anp.ndim(a) == 2 and anp.ndim(b) == 2:
             return solve_triangular(a, b, trans=1 if trans else 0, lower=lower)
         batch = self.broadcast_shapes(np.shape(a)[:-2], np.shape(b)[:-2])
-        a = anp.broadcast_to(a, batch + np.shape(a)[-2:])
-        b = anp.broadcast_to(b, batch + np.shape(b)[-2:])
+        a = _broadcast_to(a, batch + np.shape(a)[-2:])
+        b = _broadcast_to(b, batch + np.shape(b)[-2:])
         a2 = anp.reshape(a, (-1,) + np.shape(a)[-2:])
         b2 = anp.reshape(b, (-1,) + np.shape(b)[-2:])
         out = anp.stack([solve_triangular(a2[i], b2[i], trans=1 if trans else 0, lower=lower)
@@ -237,8 +282,6 @@ class NumpyBackend(Backend):
     erf = staticmethod(asp.erf)
     erfc = staticmethod(asp.erfc)
     erfinv = staticmethod(asp.erfinv)
-    ndtr = staticmethod(anorm.cdf)
-    log_ndtr = staticmethod(anorm.logcdf)
     ndtri = staticmethod(_ndtri)
     xlogy = staticmethod(_xlogy)
     i0e = staticmethod(_i0e)
@@ -247,7 +290,13 @@ class NumpyBackend(Backend):
     gammaincc = staticmethod(asp.gammaincc)
 
     def polygamma(self, n, x):
-        return asp.polygamma(n, x)
+        return _keep_dtype(asp.polygamma(n, x), x)
+
+    def ndtr(self, x):
+        return _keep_dtype(anorm.cdf(x), x)
+
+    def log_ndtr(self, x):
+        return _keep_dtype(anorm.logcdf(x), x)
 
     def expit(self, x):
         return asp.expit(x)

@@ -3,9 +3,11 @@
 Conventionally imported as ``import agvi.distributions as dist``.
 """
 
-from . import constraints
+from . import constraints, transforms
 from .continuous import *  # noqa: F403
 from .continuous import __all__ as _continuous_all
+from .discrete import *  # noqa: F403
+from .discrete import __all__ as _discrete_all
 from .distribution import (
     Distribution,
     ExpandedDistribution,
@@ -14,8 +16,15 @@ from .distribution import (
     enable_validation,
     is_validation_enabled,
 )
+from .mixture import *  # noqa: F403
+from .mixture import __all__ as _mixture_all
+from .multivariate import *  # noqa: F403
+from .multivariate import __all__ as _multivariate_all
+from .transforms import *  # noqa: F403
+from .transforms import __all__ as _transforms_all
 
 __all__ = [
     "Distribution", "ExpandedDistribution", "Independent", "MaskedDistribution", "constraints",
-    "enable_validation", "is_validation_enabled", *_continuous_all,
+    "enable_validation", "is_validation_enabled", "transforms",
+    *_continuous_all, *_discrete_all, *_mixture_all, *_multivariate_all, *_transforms_all,
 ]

@@ -49,6 +49,12 @@ class Constraint:
         return type(self).__name__.lstrip("_").lower()
 
 
+def _bound(B, b):
+    """A bound as an operand of ``B``: Python numbers as they are, arrays (e.g. NumPy bounds
+    checked on the torch backend) converted to ``B``'s arrays."""
+    return b if isinstance(b, (int, float)) else B.asarray(b)
+
+
 class _Real(Constraint):
     def _check(self, B, x):
         return x == x  # False exactly for nan
@@ -84,7 +90,7 @@ class greater_than(Constraint):
         self.lower_bound = lower_bound
 
     def _check(self, B, x):
-        return x > self.lower_bound
+        return x > _bound(B, self.lower_bound)
 
     def __repr__(self):
         return f"greater_than(lower_bound={self.lower_bound})"
@@ -94,7 +100,7 @@ class greater_than_eq(greater_than):
     """x >= lower_bound."""
 
     def _check(self, B, x):
-        return x >= self.lower_bound
+        return x >= _bound(B, self.lower_bound)
 
     def __repr__(self):
         return f"greater_than_eq(lower_bound={self.lower_bound})"
@@ -107,7 +113,7 @@ class less_than(Constraint):
         self.upper_bound = upper_bound
 
     def _check(self, B, x):
-        return x < self.upper_bound
+        return x < _bound(B, self.upper_bound)
 
     def __repr__(self):
         return f"less_than(upper_bound={self.upper_bound})"
@@ -120,7 +126,7 @@ class interval(Constraint):
         self.lower_bound, self.upper_bound = lower_bound, upper_bound
 
     def _check(self, B, x):
-        return (x >= self.lower_bound) & (x <= self.upper_bound)
+        return (x >= _bound(B, self.lower_bound)) & (x <= _bound(B, self.upper_bound))
 
     def __repr__(self):
         return f"interval(lower_bound={self.lower_bound}, upper_bound={self.upper_bound})"
@@ -135,7 +141,8 @@ class integer_interval(Constraint):
         self.lower_bound, self.upper_bound = lower_bound, upper_bound
 
     def _check(self, B, x):
-        return (x == B.floor(x)) & (x >= self.lower_bound) & (x <= self.upper_bound)
+        return ((x == B.floor(x)) & (x >= _bound(B, self.lower_bound))
+                & (x <= _bound(B, self.upper_bound)))
 
     def __repr__(self):
         return f"integer_interval(lower_bound={self.lower_bound}, upper_bound={self.upper_bound})"
@@ -150,7 +157,7 @@ class integer_greater_than(Constraint):
         self.lower_bound = lower_bound
 
     def _check(self, B, x):
-        return (x == B.floor(x)) & (x >= self.lower_bound)
+        return (x == B.floor(x)) & (x >= _bound(B, self.lower_bound))
 
     def __repr__(self):
         return f"integer_greater_than(lower_bound={self.lower_bound})"

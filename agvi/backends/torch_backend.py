@@ -1,0 +1,1466 @@
+"""PyTorch tensors differentiated by ``torch.func``: eager execution, native vmap and forward mode.
+
+Every contract entry maps to a ``torch`` / ``torch.special`` / ``torch.linalg`` / ``torch.func``
+call with the documented (NumPy) semantics. Elementwise functions are torch's own, bound as
+instance attributes (no wrapper frame), except the few that torch rejects with a Python scalar
+operand (``maximum``, ``minimum``, ``arctan2``, ``logaddexp``, comparisons, logical operations),
+which convert the scalar first.
+
+Precision and dtypes. ``precision=None`` is float32; ``"float64"`` creates float64 tensors by
+passing ``dtype=`` explicitly everywhere. torch's global default dtype is never read for what the
+backend creates, and never changed. The integer dtype is int64.
+
+Devices. ``device=None`` is ``"cpu"``; ``"cuda"`` (the current CUDA device), ``"cuda:N"`` and
+``"mps"`` are accepted where present. Every array the backend creates is placed on the device;
+:meth:`TorchBackend.asarray` moves torch tensors there and keeps their dtype.
+
+Random numbers. Keys are host NumPy ``uint32`` arrays of shape (2,), made, split and folded by
+:mod:`agvi.backends.host_random` exactly as on the NumPy backend (so ``key``, ``split`` and
+``fold_in`` give identical keys on both). On a CUDA or MPS device each draw comes from a fresh
+``torch.Generator(device=...)`` seeded with the 64-bit key (Philox on CUDA). On the CPU, draws
+come from the key's NumPy Philox generator (:func:`agvi.backends.host_random.generator`, the NumPy
+backend's own, so CPU draws equal the NumPy backend's) and are copied into a tensor: torch's CPU
+generator is an MT19937 that keeps only the low 32 bits of its seed, so keys differing in their
+first word would repeat the same numbers. Nothing is cached or seeded globally.
+
+Gamma draws are reparameterised (Figurnov et al. 2018): the derivative of a draw with respect to
+its concentration is ``torch._standard_gamma_grad`` in float32 (relative error up to ~1e-4) and,
+in float64, the accurate host routine :func:`agvi.backends._gamma_grad.standard_gamma_grad`
+(~1e-14); inside ``vmap`` of a gradient the host is out of reach and torch's routine is used.
+
+Autodiff is ``torch.func`` (``grad_and_value``, ``vjp``, ``jvp``, ``vmap``): functional,
+composable, with native forward mode. Arguments that are not tensors (dicts, NamedTuples, optree
+pytrees, NumPy arrays, Python floats) are flattened with optree first, so every pytree of the
+base class is accepted; a lone tensor argument takes the direct path. ``has_aux`` outputs may hold
+anything (torch.func itself accepts only tensors there). ``custom_vjp``, ``gammainc`` /
+``gammaincc`` (torch has no forward-mode rule for them) and the gamma reparameterisation are
+``torch.autograd.Function`` subclasses with ``setup_context`` and ``generate_vmap_rule = True``,
+so they compose with ``grad``, ``vmap`` and (except ``custom_vjp``, as on JAX) ``jvp``. Such a
+Function costs several hundred microseconds inside ``torch.func.grad``, so each is skipped when
+no argument carries a derivative.
+
+Special functions are ``torch.special``'s, with float64 accuracy repairs where torch falls short of
+SciPy by more than 1e-10: ``ndtr`` (torch's underflows below x ~ -8) is ``erfc(-x/sqrt 2)/2``;
+``polygamma(1, x)`` takes its value from ``zeta(2, x)`` (torch's trigamma is good to ~5e-10), and
+the first derivative of ``digamma`` is corrected the same way; ``gammainc``/``gammaincc`` use
+Temme's expansion where torch's loses digits (a > 20, x near a). ``xlogy``/``xlog1py`` follow
+the contract's conventions at x == 0.
+
+Limits (all raise, none is silent): :meth:`TorchBackend.to_numpy` and so ``pure_callback`` cannot
+see one example's value inside ``vmap``; a ``while_loop`` whose predicate is batched inside
+``vmap`` is not supported (``cond`` and ``switch`` select, as ``jax.vmap`` does); random draws
+inside ``vmap`` must use an unbatched key and unbatched parameters (a batched *key* argument makes
+:meth:`TorchBackend.vmap` fall back to a Python loop, as on the NumPy backend); ``gammainc`` is
+not differentiable in ``a``. ``jit`` is the identity (``has_jit`` is False).
+
+References
+----------
+Paszke et al. (2019), "PyTorch: an imperative style, high-performance deep learning library".
+Horace He and Richard Zou (2021), "functorch: JAX-like composable function transforms for PyTorch".
+Figurnov, Mohamed and Mnih (2018), "Implicit reparameterization gradients", eq. 6.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import array_api_compat.torch as _xp_torch
+import numpy as np
+import optree
+import torch
+import torch.func as tfunc
+from torch._C import _functorch as _fc
+
+from . import host_random
+from .base import Backend, FInfo
+
+__all__ = ["TorchBackend"]
+
+_Tensor = torch.Tensor
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "int32": torch.int32,
+           "int64": torch.int64, "uint32": torch.uint32, "bool": torch.bool}
+# NumPy dtype of each torch dtype the backend converts from the host
+_NP_OF = {torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.int32,
+          torch.int64: np.int64, torch.uint32: np.uint32, torch.bool: np.bool_,
+          torch.float16: np.float16, torch.int16: np.int16, torch.int8: np.int8,
+          torch.uint8: np.uint8}
+_PY_SCALARS = (bool, int, float)
+_SQRT1_2 = math.sqrt(0.5)
+# NumPy names -> torch functions where the names differ (torch.equal is not elementwise).
+_RENAMES = {"power": "pow", "equal": "eq", "not_equal": "ne", "less": "lt", "less_equal": "le",
+            "greater": "gt", "greater_equal": "ge"}
+# Binary functions whose torch version rejects a Python scalar operand.
+_TENSOR_ONLY = ("maximum", "minimum", "arctan2", "logaddexp", "equal", "not_equal", "less",
+                "less_equal", "greater", "greater_equal", "logical_and", "logical_or")
+
+
+# --------------------------------------------------------------------------- functorch helpers
+def _is_wrapped(x) -> bool:
+    return _fc.is_functorch_wrapped_tensor(x)
+
+
+def _host_value(x: torch.Tensor) -> np.ndarray:
+    """A NumPy copy of the value of ``x``, seen through ``torch.func`` grad/jvp wrappers.
+
+    Raises
+    ------
+    RuntimeError
+        If ``x`` is batched by ``torch.func.vmap`` (one example's value is not defined there).
+    """
+    with torch._C._DisableFuncTorch():
+        while _is_wrapped(x):
+            if _fc.is_batchedtensor(x):
+                raise RuntimeError(
+                    "a torch array inside B.vmap has no per-example value on the host: "
+                    "to_numpy / pure_callback / host random draws cannot run on a batched "
+                    "(vmapped) tensor; move the host computation outside vmap or use a loop")
+            x = _fc.get_unwrapped(x)
+        t = x.detach()
+        if t.device.type != "cpu":
+            return t.cpu().numpy()
+        return np.array(t.numpy(), copy=True)
+
+
+def _batched_error(exc: RuntimeError) -> bool:
+    """Whether ``exc`` is torch.func.vmap refusing data-dependent Python control flow."""
+    return str(exc).startswith("vmap:")
+
+
+# --------------------------------------------------------------------------- autograd Functions
+def _gamma_dz_dalpha(alpha, z):
+    """d z / d alpha of standard gamma draws ``z`` (implicit reparameterisation)."""
+    a = alpha.expand_as(z) if alpha.shape != z.shape else alpha
+    if z.dtype == torch.float64:
+        try:
+            from ._gamma_grad import standard_gamma_grad
+            g = standard_gamma_grad(_host_value(a), _host_value(z))
+            return torch.from_numpy(np.ascontiguousarray(g, dtype=np.float64)).to(z.device)
+        except RuntimeError:  # batched inside vmap: the host routine cannot see the values
+            pass
+    return torch._standard_gamma_grad(a.to(z.dtype), z)
+
+
+class _GammaReparam(torch.autograd.Function):
+    """``f(alpha, z) = z`` whose derivative in ``alpha`` is ``dz/dalpha`` (Figurnov et al.
+    2018, eq. 6); ``z`` is the (non-differentiable) raw draw."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(alpha, z):
+        return z.view_as(z)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        alpha, _ = inputs
+        ctx.save_for_backward(alpha, output)
+        ctx.save_for_forward(alpha, output)
+
+    @staticmethod
+    def backward(ctx, g):
+        alpha, z = ctx.saved_tensors
+        return (g * _gamma_dz_dalpha(alpha, z)).sum_to_size(alpha.shape), None
+
+    @staticmethod
+    def jvp(ctx, alpha_dot, z_dot):
+        alpha, z = ctx.saved_tensors
+        return alpha_dot * _gamma_dz_dalpha(alpha, z)
+
+
+def _gamma_density(a, x):
+    """Gamma(a, 1) density at ``x``: d P(a, x) / dx."""
+    return torch.exp(torch.special.xlogy(a - 1.0, x) - x - torch.special.gammaln(a))
+
+
+_GAMMAINC_A_MSG = ("{name}(a, x) is differentiable in x only (as on the other backends); a "
+                   "gradient with respect to the shape a was requested")
+
+
+def _visibly_nonzero(t) -> bool:
+    try:
+        return bool(torch.any(t != 0))
+    except RuntimeError:  # batched inside vmap
+        return False
+
+
+def _s_minus_log1p(s):
+    """``s - log1p(s)`` for ``s > -1`` without cancellation near 0 (series for |s| < 1/4)."""
+    small = torch.abs(s) < 0.25
+    t = torch.where(small, s, 0.0)
+    acc = torch.zeros_like(t)
+    for j in range(28, -1, -1):  # s^2 sum_j (-s)^j / (j + 2); 0.25^29 < 2^-58
+        acc = acc * t + (-1.0) ** j / (j + 2)
+    return torch.where(small, t * t * acc, s - torch.log1p(s))
+
+
+def _igamma_temme(a, x, upper):
+    """Temme's uniform asymptotic expansion of Q(a, x) (``upper``) or P(a, x), for a > 20 and
+    |x - a| < max(0.3 a, 4.5 sqrt(a)) (about Cephes ``igam.c``'s ``asymptotic_series`` region).
+
+    ``Q = erfc(eta sqrt(a/2))/2 + exp(-a eta^2/2) / sqrt(2 pi a) sum_k C_k(eta) a^-k`` with
+    ``eta^2/2 = lam - 1 - log(lam)``, ``lam = x/a`` (Temme 1979; DiDonato and Morris 1986), the
+    Taylor coefficients of ``C_k`` being those of :mod:`agvi.backends._gamma_grad`.
+    """
+    from ._gamma_grad import _temme_coefficients
+    d = torch.tensor(_temme_coefficients(), dtype=a.dtype, device=a.device)  # (K, N)
+    s = (x - a) / a
+    eta = torch.sign(s) * torch.sqrt(2.0 * _s_minus_log1p(s))
+    powers = torch.pow(torch.unsqueeze(eta, -1),
+                       torch.arange(d.shape[1], dtype=a.dtype, device=a.device))
+    apow = torch.pow(torch.unsqueeze(a, -1),
+                     -torch.arange(d.shape[0], dtype=a.dtype, device=a.device))
+    series = torch.sum(torch.matmul(powers, d.T) * apow, dim=-1)
+    sgn = 1.0 if upper else -1.0
+    return (0.5 * torch.special.erfc(sgn * eta * torch.sqrt(0.5 * a))
+            + sgn * torch.exp(-0.5 * a * eta * eta) / torch.sqrt(2.0 * math.pi * a) * series)
+
+
+def _igamma(a, x, upper):
+    """P(a, x) or Q(a, x) (``upper``), values only.
+
+    torch's float64 ``igamma``/``igammac`` lose about seven digits (relative error up to ~2e-9)
+    where they use Temme's expansion (a > 20, x near a); there the expansion is
+    evaluated here instead (relative error ~1e-15 against mpmath).
+    """
+    out = torch.special.gammaincc(a, x) if upper else torch.special.gammainc(a, x)
+    if out.dtype != torch.float64:
+        return out
+    a, x = torch.broadcast_tensors(a.to(out.dtype), x.to(out.dtype))
+    # Cephes' asymptotic region: |x - a| < 0.3 a, or < 4.5 sqrt(a) for a > 200
+    region = (a > 20.0) & (torch.abs(x - a) < torch.clamp(4.5 * torch.sqrt(a), min=0.3 * a))
+    safe_a = torch.where(region, a, 30.0)
+    safe_x = torch.where(region, x, 30.0)
+    return torch.where(region, _igamma_temme(safe_a, safe_x, upper), out)
+
+
+class _GammaInc(torch.autograd.Function):
+    """Regularised incomplete gamma P(a, x) (``upper``: Q = 1 - P) with derivatives in ``x`` in
+    both modes (torch has no forward-mode rule for ``igamma``)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(a, x, upper):
+        return _igamma(a, x, upper)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        a, x, upper = inputs
+        ctx.upper = upper
+        ctx.save_for_backward(a, x)
+        ctx.save_for_forward(a, x)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, x = ctx.saved_tensors
+        if ctx.needs_input_grad[0]:
+            raise NotImplementedError(
+                _GAMMAINC_A_MSG.format(name="gammaincc" if ctx.upper else "gammainc"))
+        d = _gamma_density(a, x)
+        gx = g * (-d if ctx.upper else d)
+        return None, gx.sum_to_size(x.shape), None
+
+    @staticmethod
+    def jvp(ctx, a_dot, x_dot, _):
+        a, x = ctx.saved_tensors
+        # torch.func hands every input a tangent (zeros where there is none): raise only for a
+        # tangent in `a` that is visibly non-zero (inside vmap it cannot be inspected).
+        if a_dot is not None and _visibly_nonzero(a_dot):
+            raise NotImplementedError(
+                _GAMMAINC_A_MSG.format(name="gammaincc" if ctx.upper else "gammainc"))
+        d = _gamma_density(a, x)
+        return x_dot * (-d if ctx.upper else d)
+
+
+class _CustomMeta(NamedTuple):
+    """Static description of one custom_vjp call (passed to the Function as a non-tensor)."""
+
+    n_args: int
+    n_out: int
+    out_def: Any
+    res_def: Any
+    res_static: tuple  # per residual leaf: None for a tensor (a Function input), else the value
+
+
+def _make_custom_function(bwd):
+    """A ``torch.autograd.Function`` whose backward is ``bwd``.
+
+    Its inputs are ``(meta, *args, *out_leaves, *residual_tensors)``, all computed by ``fwd``
+    *outside* the Function, in the differentiated graph: the Function returns views of the
+    output leaves and sends cotangents to ``args`` only (through ``bwd``), so the graph of
+    ``fwd`` carries no first-order gradient, while a higher-order derivative of ``bwd(res, g)``
+    reaches ``args`` through the residuals (as with ``jax.custom_vjp``).
+    """
+
+    class _CustomVJP(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(meta, *inputs):
+            outs = inputs[meta.n_args:meta.n_args + meta.n_out]
+            return tuple(o.view_as(o) for o in outs)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            meta = inputs[0]
+            ctx.meta = meta
+            args = inputs[1:1 + meta.n_args]
+            ctx.shapes = tuple(a.shape if isinstance(a, _Tensor) else None for a in args)
+            ctx.save_for_backward(*inputs[1 + meta.n_args + meta.n_out:])
+
+        @staticmethod
+        def backward(ctx, *grads):
+            meta = ctx.meta
+            saved = iter(ctx.saved_tensors)
+            res = optree.tree_unflatten(
+                meta.res_def, [next(saved) if v is None else v for v in meta.res_static])
+            g = optree.tree_unflatten(meta.out_def, list(grads))
+            cts = tuple(bwd(res, g))
+            if len(cts) != meta.n_args:
+                raise ValueError(f"custom_vjp: bwd returned {len(cts)} cotangents for "
+                                 f"{meta.n_args} arguments; it must return one per argument "
+                                 "of fun")
+            n_rest = meta.n_out + len(ctx.saved_tensors)
+            # None for non-tensor arguments; a broadcast cotangent is summed to its argument
+            return (None,
+                    *(None if shape is None or not isinstance(ct, _Tensor)
+                      else ct if ct.shape == shape else ct.sum_to_size(shape)
+                      for ct, shape in zip(cts, ctx.shapes, strict=True)),
+                    *(None,) * n_rest)
+
+    return _CustomVJP
+
+
+# --------------------------------------------------------------------------- the backend
+class TorchBackend(Backend):
+    """PyTorch backend (name ``"torch"``, alias ``"pytorch"``): ``torch.func`` autodiff, native
+    ``vmap`` and forward mode, eager Python control flow.
+
+    Parameters
+    ----------
+    precision : {"float32", "float64"} or None
+        Floating dtype of every created array; ``None`` is float32. Passed explicitly to every
+        creation call; torch's global default dtype is neither used nor changed.
+    device : str, torch.device or None
+        ``None`` or ``"cpu"``; ``"cuda"`` (the current CUDA device), ``"cuda:N"``, ``"mps"``.
+
+    Raises
+    ------
+    ValueError
+        If ``precision`` is not one of the above, or ``device`` is not a device name or is not
+        present on this machine (the message lists :meth:`available_devices`).
+
+    Notes
+    -----
+    See the module docstring for random numbers (host keys; NumPy Philox draws on the CPU,
+    ``torch.Generator`` elsewhere), pytrees (optree, with a direct path for tensors) and the
+    limits of ``vmap``.
+    """
+
+    name = "torch"
+    install_extra = "torch"
+    has_jit = False
+    has_vmap = True
+    supports_forward_mode = True
+    compiles_control_flow = False
+
+    def __init__(self, precision=None, device=None):
+        if precision not in (None, "float32", "float64"):
+            raise ValueError(
+                f"precision must be 'float32', 'float64' or None, got {precision!r}")
+        dev = self._resolve_device(device)
+        super().__init__(precision=precision, device=None)
+        self._device = dev
+        self.device = _device_name(dev)
+        self._cpu = dev.type == "cpu"
+        self._float = _DTYPES[self.precision]
+        self._int = torch.int64
+        self._bind_elementwise(torch, _RENAMES)
+        for name in _TENSOR_ONLY:
+            setattr(self, name, self._scalar_operands(getattr(torch, _RENAMES.get(name, name))))
+
+    def _default_precision(self) -> str:
+        return "float32"
+
+    def __reduce__(self):
+        # the bound closures are not picklable: rebuild from the constructor arguments
+        return (type(self), (self.precision, self.device))
+
+    # ------------------------------------------------------------------ devices
+    def _resolve_device(self, device) -> torch.device:
+        """The ``torch.device`` named by ``device`` (None: the CPU), checked to exist here."""
+        if device is None:
+            return torch.device("cpu")
+        if isinstance(device, torch.device):
+            device = str(device)
+        if not isinstance(device, str):
+            raise ValueError(f"device must be a string such as 'cpu' or 'cuda:0', a "
+                             f"torch.device or None, got {device!r}")
+        kind, _, num = device.strip().lower().partition(":")
+        if kind == "gpu":
+            kind = "cuda"
+        if kind not in ("cpu", "cuda", "mps") or (num and not num.isdigit()):
+            raise ValueError(f"device {device!r} is not a device name; expected 'cpu', 'cuda', "
+                             f"'cuda:N' or 'mps' (available here: {self.available_devices()})")
+        if kind == "cpu":
+            return torch.device("cpu")
+        if kind == "cuda":
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(num) if num else (torch.cuda.current_device() if count else 0)
+            if index >= count:
+                raise ValueError(
+                    f"device {device!r} is not available to torch on this machine; available "
+                    f"devices: {self.available_devices()} (a GPU needs a CUDA build of torch "
+                    f"and a visible GPU)")
+            return torch.device("cuda", index)
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device {device!r} is not available to torch on this machine; "
+                             f"available devices: {self.available_devices()}")
+        return torch.device("mps")
+
+    def available_devices(self) -> list:
+        """Names of the devices torch can use here.
+
+        Returns
+        -------
+        list of str
+            ``"cpu"``, then ``"cuda:0"``, ``"cuda:1"``, ... and ``"mps"`` where present.
+        """
+        names = ["cpu"]
+        if torch.cuda.is_available():
+            names.extend(f"cuda:{i}" for i in range(torch.cuda.device_count()))
+        if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+            names.append("mps")
+        return names
+
+    def device_of(self, x):
+        """The device of ``x`` as ``"cpu"``, ``"cuda:N"`` or ``"mps"`` (host arrays: ``"cpu"``)."""
+        if isinstance(x, _Tensor):
+            return _device_name(x.device)
+        return "cpu"
+
+    def to_device(self, x, device):
+        """``x`` (a tensor or host array) moved to ``device``.
+
+        Raises
+        ------
+        ValueError
+            If ``device`` is unknown or absent here.
+        """
+        dev = self._resolve_device(device)
+        if not isinstance(x, _Tensor):
+            x = self.asarray(x)
+        return x.to(dev)
+
+    # ------------------------------------------------------------------ dtypes
+    @property
+    def xp(self):
+        return _xp_torch
+
+    @property
+    def float_dtype(self):
+        return self._float
+
+    @property
+    def int_dtype(self):
+        return self._int
+
+    def dtype(self, name):
+        """The torch dtype named ``name`` (a torch dtype is returned as is).
+
+        Raises
+        ------
+        ValueError
+            If ``name`` is not one of "float32", "float64", "int32", "int64", "uint32", "bool".
+        """
+        if isinstance(name, torch.dtype):
+            return name
+        try:
+            key = name if isinstance(name, str) else str(np.dtype(name))
+            return _DTYPES[key.replace("torch.", "")]
+        except (KeyError, TypeError):
+            raise ValueError(f"unknown dtype name {name!r}; expected one of "
+                             f"{list(_DTYPES)}") from None
+
+    def _dt(self, dtype):
+        """A torch dtype from None (float_dtype), a torch dtype, a name or a NumPy dtype."""
+        if dtype is None:
+            return self._float
+        if isinstance(dtype, torch.dtype):
+            return dtype
+        return self.dtype(dtype)
+
+    def astype(self, x, dtype):
+        dtype = self._dt(dtype)
+        if isinstance(x, _Tensor):
+            return x if x.dtype == dtype else x.to(dtype)
+        return self.asarray(x, dtype=dtype)
+
+    def is_floating(self, x) -> bool:
+        if isinstance(x, _Tensor):
+            return x.is_floating_point()
+        return super().is_floating(x)
+
+    def finfo(self, dtype=None) -> FInfo:
+        f = torch.finfo(self._dt(dtype))
+        return FInfo(float(f.eps), float(f.tiny), float(f.max), float(f.min), int(f.bits))
+
+    # ------------------------------------------------------------------ arrays
+    def is_array(self, x) -> bool:
+        return isinstance(x, _Tensor)  # functorch-wrapped tensors included
+
+    def asarray(self, x, dtype=None):
+        """Convert ``x`` to a tensor on :attr:`device`.
+
+        Torch tensors keep their dtype (unless ``dtype`` is given) and move to the device; host
+        data (NumPy arrays, Python scalars and nested lists) is copied: floating input becomes
+        :attr:`float_dtype`, integer input int64 (``uint32``, the key dtype, stays ``uint32``),
+        booleans stay boolean. Lists of tensors are stacked (differentiably).
+
+        Raises
+        ------
+        TypeError
+            If ``x`` is an array of another framework (JAX): the message names both.
+        """
+        if isinstance(x, _Tensor):
+            if dtype is not None:
+                dtype = self._dt(dtype)
+                if x.dtype != dtype or x.device != self._device:
+                    return x.to(device=self._device, dtype=dtype)
+                return x
+            return x if x.device == self._device else x.to(self._device)
+        self._check_foreign(x)
+        if isinstance(x, (list, tuple)) and x and any(
+                isinstance(leaf, _Tensor) for leaf in optree.tree_leaves(list(x))):
+            out = torch.stack([self.asarray(e) for e in x])
+            return out if dtype is None else out.to(self._dt(dtype))
+        arr = np.asarray(x)
+        if dtype is None:
+            kind = arr.dtype.kind
+            if kind == "f":
+                dtype = self._float
+            elif kind in "iu" and arr.dtype != np.uint32:
+                dtype = self._int
+            elif kind in "biu":
+                dtype = _DTYPES["bool" if kind == "b" else "uint32"]
+        else:
+            dtype = self._dt(dtype)
+        np_dtype = _NP_OF.get(dtype)
+        # a fresh C-contiguous copy: no aliasing of the caller's (possibly read-only) memory
+        host = np.array(arr, dtype=np_dtype if np_dtype is not None else arr.dtype,
+                        order="C", copy=True)
+        out = torch.from_numpy(host)
+        if dtype is not None and out.dtype != dtype:
+            out = out.to(dtype)
+        return out if self._cpu else out.to(self._device)
+
+    def to_numpy(self, x):
+        """A NumPy copy of ``x``: detached, on the host; also inside ``torch.func.grad`` / ``jvp``.
+
+        Raises
+        ------
+        RuntimeError
+            Inside ``vmap`` on a batched tensor (no single value exists there).
+        """
+        if isinstance(x, _Tensor):
+            return _host_value(x)
+        return np.array(x, copy=True)
+
+    def shape(self, x) -> tuple:
+        return tuple(x.shape)
+
+    def ndim(self, x) -> int:
+        return x.dim()
+
+    def size(self, x) -> int:
+        return x.numel()
+
+    # creation (explicit dtype and device) -----------------------------------------------------
+    def zeros(self, shape, dtype=None):
+        return torch.zeros(_shape(shape), dtype=self._dt(dtype), device=self._device)
+
+    def ones(self, shape, dtype=None):
+        return torch.ones(_shape(shape), dtype=self._dt(dtype), device=self._device)
+
+    def full(self, shape, fill_value, dtype=None):
+        if isinstance(fill_value, _Tensor):  # keep a traced fill value differentiable
+            return self.zeros(shape, dtype) + fill_value
+        return torch.full(_shape(shape), fill_value, dtype=self._dt(dtype), device=self._device)
+
+    def zeros_like(self, x):
+        return torch.zeros_like(x)
+
+    def ones_like(self, x):
+        return torch.ones_like(x)
+
+    def full_like(self, x, fill_value):
+        if isinstance(fill_value, _Tensor):
+            return torch.zeros_like(x) + fill_value
+        return torch.full_like(x, fill_value)
+
+    def eye(self, n, dtype=None):
+        return torch.eye(int(n), dtype=self._dt(dtype), device=self._device)
+
+    def arange(self, start, stop=None, step=1, dtype=None):
+        if stop is None:
+            start, stop = 0, start
+        return torch.arange(_num(start), _num(stop), _num(step),
+                            dtype=self._int if dtype is None else self._dt(dtype),
+                            device=self._device)
+
+    def linspace(self, start, stop, num, dtype=None):
+        return torch.linspace(start, stop, int(num), dtype=self._dt(dtype), device=self._device)
+
+    # shape manipulation -------------------------------------------------------------------------
+    def reshape(self, x, shape):
+        return torch.reshape(x, _shape(shape))
+
+    def broadcast_to(self, x, shape):
+        return torch.broadcast_to(x, _shape(shape))
+
+    def broadcast_arrays(self, *xs):
+        return list(torch.broadcast_tensors(*xs))
+
+    def expand_dims(self, x, axis):
+        if isinstance(axis, int):
+            return torch.unsqueeze(x, axis)
+        nd = x.dim() + len(axis)
+        for a in sorted(a % nd for a in axis):
+            x = torch.unsqueeze(x, a)
+        return x
+
+    def squeeze(self, x, axis=None):
+        """``x`` without the length-1 axis (or tuple of axes) ``axis`` (None: all of them).
+
+        Raises
+        ------
+        ValueError
+            If a named axis does not have length 1 (as NumPy; torch would silently keep it).
+        """
+        if axis is None:
+            return torch.squeeze(x)
+        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        shape = x.shape
+        for a in axes:
+            if shape[a] != 1:
+                raise ValueError(f"squeeze: axis {a} of an array of shape {tuple(shape)} has "
+                                 f"length {shape[a]}, expected 1")
+        return torch.squeeze(x, axes)
+
+    def moveaxis(self, x, source, destination):
+        return torch.movedim(x, source, destination)
+
+    def swapaxes(self, x, axis1, axis2):
+        return torch.swapaxes(x, axis1, axis2)
+
+    def matrix_transpose(self, x):
+        return torch.transpose(x, -1, -2)
+
+    def concatenate(self, xs, axis=0):
+        return torch.cat(list(xs), dim=axis)
+
+    def stack(self, xs, axis=0):
+        return torch.stack(list(xs), dim=axis)
+
+    def flip(self, x, axis=None):
+        if axis is None:
+            axis = tuple(range(x.dim()))
+        return torch.flip(x, (axis,) if isinstance(axis, int) else tuple(axis))
+
+    def tile(self, x, reps):
+        return torch.tile(x, (reps,) if isinstance(reps, int) else tuple(reps))
+
+    def repeat(self, x, repeats, axis):
+        return torch.repeat_interleave(x, repeats, dim=axis)
+
+    def tril(self, x, k=0):
+        return torch.tril(x, diagonal=k)
+
+    def triu(self, x, k=0):
+        return torch.triu(x, diagonal=k)
+
+    def diagonal(self, x, offset=0):
+        return torch.diagonal(x, offset=offset, dim1=-2, dim2=-1)
+
+    def diag_embed(self, x):
+        return torch.diag_embed(x)
+
+    def where(self, condition, x, y):
+        if not isinstance(condition, _Tensor):
+            condition = self.asarray(condition)
+        if not isinstance(x, _Tensor) and not isinstance(y, _Tensor):
+            x = self.asarray(x)  # two Python scalars would give torch's default dtype
+        return torch.where(condition, x, y)
+
+    def take(self, x, indices, axis=None):
+        if not isinstance(indices, _Tensor):
+            indices = torch.as_tensor(np.asarray(indices, dtype=np.int64), device=x.device)
+        if axis is None:
+            return torch.reshape(x, (-1,))[indices]
+        return x[(slice(None),) * (axis % x.dim()) + (indices,)]
+
+    def take_along_axis(self, x, indices, axis):
+        return torch.take_along_dim(x, indices, dim=axis)
+
+    def cumsum(self, x, axis):
+        return torch.cumsum(x, dim=axis)
+
+    def cumprod(self, x, axis):
+        return torch.cumprod(x, dim=axis)
+
+    def sort(self, x, axis=-1):
+        return torch.sort(x, dim=axis, stable=True).values
+
+    def argsort(self, x, axis=-1):
+        return torch.argsort(x, dim=axis, stable=True)
+
+    def clip(self, x, min=None, max=None):
+        if min is None and max is None:
+            return x
+        return torch.clamp(x, min=min, max=max)
+
+    # reductions ---------------------------------------------------------------------------------
+    def sum(self, x, axis=None, keepdims=False):
+        return torch.sum(x, dim=axis, keepdim=keepdims)
+
+    def mean(self, x, axis=None, keepdims=False):
+        if not x.is_floating_point():  # NumPy averages integers in floating point
+            x = x.to(self._float)
+        return torch.mean(x, dim=axis, keepdim=keepdims)
+
+    def prod(self, x, axis=None, keepdims=False):
+        if axis is None:
+            out = torch.prod(x)
+            return out.reshape((1,) * x.dim()) if keepdims else out
+        if isinstance(axis, int):
+            return torch.prod(x, dim=axis, keepdim=keepdims)
+        nd = x.dim()
+        axes = sorted((a % nd for a in axis), reverse=True)
+        for a in axes:
+            x = torch.prod(x, dim=a, keepdim=keepdims)
+        return x
+
+    def max(self, x, axis=None, keepdims=False):
+        return torch.amax(x, dim=() if axis is None else axis, keepdim=keepdims)
+
+    def min(self, x, axis=None, keepdims=False):
+        return torch.amin(x, dim=() if axis is None else axis, keepdim=keepdims)
+
+    def argmax(self, x, axis=-1):
+        return torch.argmax(x, dim=axis)
+
+    def argmin(self, x, axis=-1):
+        return torch.argmin(x, dim=axis)
+
+    def any(self, x, axis=None, keepdims=False):
+        return torch.any(x, dim=axis, keepdim=keepdims)
+
+    def all(self, x, axis=None, keepdims=False):
+        return torch.all(x, dim=axis, keepdim=keepdims)
+
+    def var(self, x, axis=None, keepdims=False, ddof=0):
+        return torch.var(x, dim=axis, correction=ddof, keepdim=keepdims)
+
+    def std(self, x, axis=None, keepdims=False, ddof=0):
+        return torch.std(x, dim=axis, correction=ddof, keepdim=keepdims)
+
+    def norm(self, x, axis=-1, keepdims=False):
+        # vector_norm's derivative at 0 is 0 (a subgradient), not the nan of sqrt(sum(x**2))
+        return torch.linalg.vector_norm(x, dim=axis, keepdim=keepdims)
+
+    def logsumexp(self, x, axis=None, keepdims=False):
+        if axis is None:
+            if x.dim() == 0:
+                return x
+            axis = tuple(range(x.dim()))
+        return torch.logsumexp(x, dim=axis, keepdim=keepdims)
+
+    # linear algebra -----------------------------------------------------------------------------
+    def matmul(self, a, b):
+        return torch.matmul(a, b)
+
+    def einsum(self, subscripts, *operands):
+        return torch.einsum(subscripts, *operands)
+
+    def cholesky(self, a):
+        return torch.linalg.cholesky(a)
+
+    def solve_triangular(self, a, b, lower=True, trans=False):
+        if trans:  # a.T is triangular on the other side
+            return torch.linalg.solve_triangular(torch.transpose(a, -1, -2), b, upper=lower)
+        return torch.linalg.solve_triangular(a, b, upper=not lower)
+
+    def cho_solve(self, chol, b):
+        return torch.cholesky_solve(b, chol, upper=False)
+
+    def solve(self, a, b):
+        return torch.linalg.solve(a, b)
+
+    def inv(self, a):
+        return torch.linalg.inv(a)
+
+    def slogdet(self, a):
+        sign, logdet = torch.linalg.slogdet(a)
+        return sign, logdet
+
+    def eigh(self, a):
+        w, v = torch.linalg.eigh(a)
+        return w, v
+
+    # functional updates -------------------------------------------------------------------------
+    def _flat_positions(self, x, index):
+        """Flat positions of ``x[index]`` (an int64 tensor of the indexed shape)."""
+        return torch.arange(x.numel(), device=x.device).reshape(x.shape)[index]
+
+    def _index_put(self, x, index, value, accumulate):
+        """Out-of-place ``x[index] = value`` (or ``+=``) through flat positions: differentiable
+        in ``x`` and ``value`` and vmappable whichever of them is batched."""
+        pos = self._flat_positions(x, index)
+        value = torch.broadcast_to(self._operand(value, x), pos.shape)
+        out = torch.index_put(torch.reshape(x, (-1,)), (torch.reshape(pos, (-1,)),),
+                              torch.reshape(value, (-1,)), accumulate=accumulate)
+        return torch.reshape(out, x.shape)
+
+    def index_update(self, x, index, value):
+        if not isinstance(x, _Tensor):
+            x = self.asarray(x)
+        index = _torch_index(index, x.device)
+        value = self._operand(value, x)
+        out = x.clone()
+        try:
+            out[index] = value
+        except RuntimeError as exc:
+            if not _batched_error(exc):
+                raise
+            # inside vmap with a batched value and an unbatched x: no in-place write possible
+            return self._index_put(x, index, value, accumulate=False)
+        return out
+
+    def index_add(self, x, index, value):
+        if not isinstance(x, _Tensor):
+            x = self.asarray(x)
+        return self._index_put(x, _torch_index(index, x.device), value, accumulate=True)
+
+    def dynamic_slice(self, x, start, size, axis=0):
+        axis = axis % x.dim()
+        n = x.shape[axis]
+        size = int(size)
+        try:
+            s = int(start)
+        except RuntimeError as exc:  # a batched start inside vmap: gather instead
+            if not _batched_error(exc):
+                raise
+            s = torch.clamp(start, 0, n - size)
+            return torch.index_select(x, axis, s + torch.arange(size, device=x.device))
+        s = min(max(s, 0), n - size)
+        return torch.narrow(x, axis, s, size)
+
+    def dynamic_index(self, x, index, axis=0):
+        axis = axis % x.dim()
+        try:
+            i = int(index)
+        except RuntimeError as exc:
+            if not _batched_error(exc):
+                raise
+            i = torch.where(index < 0, index + x.shape[axis], index)
+            return torch.squeeze(torch.index_select(x, axis, torch.reshape(i, (1,))), axis)
+        return torch.select(x, axis, i)
+
+    def dynamic_update_index(self, x, index, value, axis=0):
+        axis = axis % x.dim()
+        try:
+            i = int(index)
+        except RuntimeError as exc:
+            if not _batched_error(exc):
+                raise
+            n = x.shape[axis]
+            i = torch.where(index < 0, index + n, index)
+            shape = [1] * x.dim()
+            shape[axis] = n
+            mask = torch.reshape(torch.arange(n, device=x.device) == i, shape)
+            return torch.where(mask, torch.unsqueeze(self._operand(value, x), axis), x)
+        return self.index_update(x, (slice(None),) * axis + (i,), value)
+
+    # elementwise helpers ------------------------------------------------------------------------
+    def _operand(self, v, like):
+        """``v`` as a tensor to combine with the tensor ``like`` (Python scalars take ``like``'s
+        dtype where the kinds agree, as NumPy's weak scalars; floats with integers take
+        :attr:`float_dtype`)."""
+        if isinstance(v, _Tensor):
+            return v if v.dtype == like.dtype else v.to(like.dtype)
+        if isinstance(v, _PY_SCALARS):
+            if like.is_floating_point() or (isinstance(v, int) and like.dtype != torch.bool) \
+                    or isinstance(v, bool):
+                dtype = like.dtype
+            else:
+                dtype = self._float if isinstance(v, float) else self._int
+            return torch.tensor(v, dtype=dtype, device=like.device)
+        return self.asarray(v).to(like.dtype)
+
+    def _scalar_operands(self, fn):
+        """``fn(x1, x2)`` accepting a Python scalar (or host array) on either side."""
+        def op(x1, x2):
+            if isinstance(x1, _Tensor):
+                if not isinstance(x2, _Tensor):
+                    x2 = self._scalar_like(x2, x1)
+            elif isinstance(x2, _Tensor):
+                x1 = self._scalar_like(x1, x2)
+            else:
+                x1, x2 = self.asarray(x1), self.asarray(x2)
+            return fn(x1, x2)
+
+        op.__name__ = op.__qualname__ = getattr(fn, "__name__", "op")
+        op.__doc__ = f"torch.{op.__name__} accepting a Python scalar operand."
+        return op
+
+    def _scalar_like(self, v, like):
+        if isinstance(v, _PY_SCALARS):
+            return self._operand(v, like)
+        return self.asarray(v)
+
+    # special functions --------------------------------------------------------------------------
+    gammaln = staticmethod(torch.special.gammaln)
+
+    def digamma(self, x):
+        out = torch.special.digamma(x)
+        if x.dtype != torch.float64 or not (x.requires_grad or _is_wrapped(x)):
+            return out
+        # torch differentiates digamma with its trigamma, accurate to ~5e-10 only. Add a term
+        # whose value is exactly 0 and whose derivative is the error of that trigamma against
+        # zeta(2, x), so first derivatives are accurate to rounding (second ones stay torch's).
+        x0 = x.detach()
+        err = torch.special.zeta(2.0, x0) - torch.special.polygamma(1, x0)
+        return out + (x - x0) * torch.where(torch.isfinite(err), err, 0.0)
+    erf = staticmethod(torch.special.erf)
+    erfc = staticmethod(torch.special.erfc)
+    erfinv = staticmethod(torch.special.erfinv)
+
+    def ndtr(self, x):
+        # torch.special.ndtr is 1/2 (1 + erf(x/sqrt 2)): it loses all digits below x ~ -8 and
+        # flushes to 0 there; erfc keeps full relative accuracy in the lower tail (as SciPy).
+        return 0.5 * torch.special.erfc(x * -_SQRT1_2)
+    ndtri = staticmethod(torch.special.ndtri)
+    log_ndtr = staticmethod(torch.special.log_ndtr)
+    expit = staticmethod(torch.special.expit)
+    i0e = staticmethod(torch.special.i0e)
+    i1e = staticmethod(torch.special.i1e)
+    log_expit = staticmethod(torch.nn.functional.logsigmoid)
+
+    def polygamma(self, n, x):
+        n = int(n)
+        out = torch.special.polygamma(n, x)
+        if n != 1:
+            return out
+        # torch's trigamma is an asymptotic series accurate to ~5e-10 only; the Hurwitz zeta
+        # zeta(2, x) is accurate to rounding. Its value is taken, torch's derivatives kept
+        # (zeta has no forward-mode rule; d/dx trigamma = polygamma(2, x) is accurate).
+        return out + (torch.special.zeta(2.0, x.detach()) - out.detach())
+
+    def logit(self, p):
+        return torch.special.logit(p)
+
+    def softplus(self, x):
+        # exact everywhere (torch.nn.functional.softplus returns x itself above a threshold)
+        return torch.logaddexp(x, torch.zeros_like(x))
+
+    def _pair(self, x, y):
+        """Both operands as tensors (a Python scalar takes the other operand's dtype)."""
+        if not isinstance(x, _Tensor):
+            x = self._scalar_like(x, y) if isinstance(y, _Tensor) else self.asarray(x)
+        if not isinstance(y, _Tensor):
+            y = self._scalar_like(y, x)
+        return x, y
+
+    def xlogy(self, x, y):
+        x, y = self._pair(x, y)
+        # torch's xlogy has d/dy = x / y, nan at x == y == 0: y is replaced by 1 there only, so
+        # the value and d/dy are 0 where x == 0 and d/dx = log(y) elsewhere (the contract)
+        return torch.special.xlogy(x, torch.where((x == 0) & (y == 0), 1.0, y))
+
+    def xlog1py(self, x, y):
+        x, y = self._pair(x, y)
+        return torch.special.xlog1py(x, torch.where((x == 0) & (y == -1), 0.0, y))
+
+    def softmax(self, x, axis=-1):
+        if isinstance(axis, int):
+            return torch.softmax(x, dim=axis)
+        return super().softmax(x, axis=axis)
+
+    def log_softmax(self, x, axis=-1):
+        if isinstance(axis, int):
+            return torch.log_softmax(x, dim=axis)
+        return super().log_softmax(x, axis=axis)
+
+    def _gammainc(self, a, x, upper):
+        if not isinstance(x, _Tensor):
+            x = self.asarray(x)
+        if not isinstance(a, _Tensor):
+            a = self._scalar_like(a, x)
+        if not (x.requires_grad or a.requires_grad or _is_wrapped(x) or _is_wrapped(a)):
+            return _igamma(a, x, upper)  # nothing to differentiate: skip the Function
+        return _GammaInc.apply(a, x, upper)
+
+    def gammainc(self, a, x):
+        """Regularised lower incomplete gamma P(a, x), differentiable in ``x`` (both modes).
+
+        Raises
+        ------
+        NotImplementedError
+            When a derivative with respect to ``a`` is requested.
+        """
+        return self._gammainc(a, x, False)
+
+    def gammaincc(self, a, x):
+        """Regularised upper incomplete gamma Q(a, x), differentiable in ``x`` (both modes).
+
+        Raises
+        ------
+        NotImplementedError
+            When a derivative with respect to ``a`` is requested.
+        """
+        return self._gammainc(a, x, True)
+
+    def multigammaln(self, a, d):
+        if not isinstance(a, _Tensor):
+            a = self.asarray(a)
+        if not a.is_floating_point():
+            a = a.to(self._float)
+        j = torch.arange(int(d), dtype=a.dtype, device=a.device)
+        return (d * (d - 1) / 4.0) * math.log(math.pi) + torch.sum(
+            torch.special.gammaln(torch.unsqueeze(a, -1) - j / 2.0), dim=-1)
+
+    # ------------------------------------------------------------------ random
+    @staticmethod
+    def _host_key(key):
+        return host_random.as_key(_host_value(key) if isinstance(key, _Tensor) else key)
+
+    def key(self, seed):
+        """A host key (NumPy uint32, shape (2,)); identical to the NumPy backend's.
+
+        Raises
+        ------
+        ValueError
+            If ``seed`` is negative or not an int.
+        """
+        return host_random.key(seed)
+
+    def split(self, key, num=2):
+        return host_random.split(self._host_key(key), int(num))
+
+    def fold_in(self, key, data):
+        return host_random.fold_in(self._host_key(key), int(data))
+
+    def _generator(self, key):
+        """A fresh ``torch.Generator`` on the (non-CPU) device, seeded with the 64-bit key."""
+        g = torch.Generator(device=self._device)
+        g.manual_seed(host_random.seed_int(self._host_key(key)))
+        return g
+
+    def _host_draws(self, arr, dtype):
+        # fresh host draws (NumPy returns a Python scalar for shape ()): no copy needed
+        out = torch.from_numpy(np.asarray(arr))
+        return out if out.dtype == dtype else out.to(dtype)
+
+    def _draw_dtype(self, dtype):
+        dtype = self._dt(dtype)
+        return dtype if dtype.is_floating_point else self._float
+
+    def normal(self, key, shape=(), dtype=None):
+        """Standard normal draws, shape ``shape`` (``dtype`` default :attr:`float_dtype`; a
+        non-floating ``dtype`` is read as :attr:`float_dtype`)."""
+        dtype, shape = self._draw_dtype(dtype), _shape(shape)
+        if self._cpu:
+            z = host_random.generator(self._host_key(key)).standard_normal(shape)
+            return self._host_draws(z, dtype)
+        return torch.randn(shape, generator=self._generator(key), dtype=dtype,
+                           device=self._device)
+
+    def uniform(self, key, shape=(), dtype=None, minval=0.0, maxval=1.0):
+        """Uniform draws on [minval, maxval), shape ``shape`` (differentiable in array bounds)."""
+        dtype, shape = self._draw_dtype(dtype), _shape(shape)
+        scalar = isinstance(minval, (int, float)) and isinstance(maxval, (int, float))
+        if self._cpu:
+            u = host_random.generator(self._host_key(key)).random(shape)
+            if scalar:  # in float64 on the host, then rounded: the NumPy backend's numbers
+                return self._host_draws(minval + (maxval - minval) * u, dtype)
+            u = self._host_draws(u, dtype)
+        else:
+            u = torch.rand(shape, generator=self._generator(key), dtype=dtype,
+                           device=self._device)
+            if scalar and minval == 0.0 and maxval == 1.0:
+                return u
+        lo = self._operand(minval, u)
+        hi = self._operand(maxval, u)
+        return lo + (hi - lo) * u
+
+    def _float_param(self, x):
+        x = self.asarray(x)
+        return x if x.is_floating_point() else x.to(self._float)
+
+    def gamma(self, key, alpha, shape=None):
+        """Standard Gamma(alpha, 1) draws, reparameterised in ``alpha`` (see the module
+        docstring for the accuracy of the derivative)."""
+        alpha = self._float_param(alpha)
+        shape = tuple(alpha.shape) if shape is None else _shape(shape)
+        if self._cpu:
+            a = np.broadcast_to(_host_value(alpha), shape).astype(np.float64)
+            z = self._host_draws(
+                host_random.generator(self._host_key(key)).standard_gamma(a), alpha.dtype)
+        else:
+            with torch.no_grad():
+                a = torch.broadcast_to(alpha.detach(), shape).contiguous()
+                z = torch._standard_gamma(a, generator=self._generator(key))
+        if not (alpha.requires_grad or _is_wrapped(alpha)):
+            return z  # nothing to differentiate: skip the autograd.Function
+        return _GammaReparam.apply(alpha, z)
+
+    def poisson(self, key, rate, shape=None):
+        rate = self._float_param(rate)
+        shape = tuple(rate.shape) if shape is None else _shape(shape)
+        if self._cpu:
+            r = np.broadcast_to(_host_value(rate), shape)
+            return self._host_draws(
+                host_random.generator(self._host_key(key)).poisson(r), self._float)
+        with torch.no_grad():
+            r = torch.broadcast_to(rate.detach(), shape).contiguous()
+            return torch.poisson(r, generator=self._generator(key)).to(self._float)
+
+    def binomial(self, key, total_count, probs, shape=None):
+        n = self._float_param(total_count)
+        p = self._float_param(probs)
+        shape = (self.broadcast_shapes(tuple(n.shape), tuple(p.shape)) if shape is None
+                 else _shape(shape))
+        if self._cpu:
+            draws = host_random.generator(self._host_key(key)).binomial(
+                np.broadcast_to(_host_value(n), shape).astype(np.int64),
+                np.broadcast_to(_host_value(p), shape))
+            return self._host_draws(draws, self._float)
+        with torch.no_grad():
+            nn = torch.broadcast_to(n.detach().to(torch.float64), shape).contiguous()
+            pp = torch.broadcast_to(p.detach().to(torch.float64), shape).contiguous()
+            return torch.binomial(nn, pp, generator=self._generator(key)).to(self._float)
+
+    def randint(self, key, shape, minval, maxval):
+        shape = _shape(shape)
+        if self._cpu:
+            return self._host_draws(host_random.generator(self._host_key(key)).integers(
+                int(minval), int(maxval), size=shape, dtype=np.int64), self._int)
+        return torch.randint(int(minval), int(maxval), shape, generator=self._generator(key),
+                             dtype=self._int, device=self._device)
+
+    def permutation(self, key, n):
+        if self._cpu:
+            return self._host_draws(
+                host_random.generator(self._host_key(key)).permutation(int(n)), self._int)
+        return torch.randperm(int(n), generator=self._generator(key), dtype=self._int,
+                              device=self._device)
+
+    # ------------------------------------------------------------------ autodiff
+    def _flat_call(self, f, args, nums):
+        """Rewrite ``f`` as a function of the optree leaves of ``args[nums]`` (host leaves
+        converted to tensors); returns ``(g, leaves, rebuild)``."""
+        flat = [optree.tree_flatten(args[i], none_is_leaf=False) for i in nums]
+        counts = [len(leaves) for leaves, _ in flat]
+        leaves = [leaf if isinstance(leaf, _Tensor) else self.asarray(leaf)
+                  for ls, _ in flat for leaf in ls]
+
+        def rebuild(leaf_list):
+            out, start = [], 0
+            for (_, treedef), c in zip(flat, counts, strict=True):
+                out.append(optree.tree_unflatten(treedef, list(leaf_list[start:start + c])))
+                start += c
+            return out
+
+        def g(*leaf_list):
+            new = list(args)
+            for i, tree in zip(nums, rebuild(leaf_list), strict=True):
+                new[i] = tree
+            return f(*new)
+
+        return g, leaves, rebuild
+
+    @staticmethod
+    def _direct(args, argnums):
+        """Whether the differentiated arguments are all tensors (torch.func's direct path)."""
+        if isinstance(argnums, int):
+            return isinstance(args[argnums], _Tensor)
+        return all(isinstance(args[i], _Tensor) for i in argnums)
+
+    def _flat_value_and_grad(self, f, args, argnums, nums, has_aux):
+        """value_and_grad through optree leaves (pytrees torch.func does not know, host data)."""
+        g_fn, leaves, rebuild = self._flat_call(f, args, nums)
+        if not leaves:
+            return f(*args), (rebuild([])[0] if isinstance(argnums, int) else tuple(rebuild([])))
+        grads, out = tfunc.grad_and_value(
+            g_fn, argnums=tuple(range(len(leaves))), has_aux=has_aux)(*leaves)
+        grads = rebuild(grads)
+        return out, grads[0] if isinstance(argnums, int) else tuple(grads)
+
+    def value_and_grad(self, f, argnums=0, has_aux=False):
+        argnums = tuple(argnums) if isinstance(argnums, list) else argnums
+        nums = self._argnums_tuple(argnums)
+        if not has_aux:
+            direct = tfunc.grad_and_value(f, argnums=argnums)
+
+            def value_and_grad_fn(*args):
+                if self._direct(args, argnums):
+                    g, v = direct(*args)
+                    return v, g
+                return self._flat_value_and_grad(f, args, argnums, nums, False)
+
+            return value_and_grad_fn
+
+        def value_and_grad_aux_fn(*args):
+            box = []
+            f_aux = _tensor_aux(f, box)
+            if self._direct(args, argnums):
+                g, (v, aux) = tfunc.grad_and_value(f_aux, argnums=argnums, has_aux=True)(*args)
+            else:
+                (v, aux), g = self._flat_value_and_grad(f_aux, args, argnums, nums, True)
+            return (v, _join_aux(box, aux)), g
+
+        return value_and_grad_aux_fn
+
+    def grad(self, f, argnums=0, has_aux=False):
+        argnums = tuple(argnums) if isinstance(argnums, list) else argnums
+        if has_aux:
+            vg = self.value_and_grad(f, argnums=argnums, has_aux=True)
+
+            def grad_aux_fn(*args):
+                (_, aux), g = vg(*args)
+                return g, aux
+
+            return grad_aux_fn
+        direct = tfunc.grad(f, argnums=argnums)
+        nums = self._argnums_tuple(argnums)
+
+        def grad_fn(*args):
+            if self._direct(args, argnums):
+                return direct(*args)
+            return self._flat_value_and_grad(f, args, argnums, nums, False)[1]
+
+        return grad_fn
+
+    def vjp(self, f, *primals, has_aux=False):
+        box = []
+        fn = _tensor_aux(f, box) if has_aux else f
+        if all(isinstance(p, _Tensor) for p in primals):
+            res = tfunc.vjp(fn, *primals, has_aux=has_aux)
+            return (res[0], res[1], _join_aux(box, res[2])) if has_aux else res
+        g, leaves, rebuild = self._flat_call(fn, primals, tuple(range(len(primals))))
+        tree = {}
+
+        def g_flat(*leaf_list):
+            out = g(*leaf_list)
+            if has_aux:
+                out, aux = out
+            out_leaves, tree["def"] = optree.tree_flatten(out, none_is_leaf=False)
+            return (tuple(out_leaves), aux) if has_aux else tuple(out_leaves)
+
+        res = tfunc.vjp(g_flat, *leaves, has_aux=has_aux)
+        out = optree.tree_unflatten(tree["def"], list(res[0]))
+        pullback_flat = res[1]
+
+        def pullback(ct):
+            cts = pullback_flat(tuple(self._tangent(c, o) for c, o in zip(
+                optree.tree_leaves(ct, none_is_leaf=False), res[0], strict=True)))
+            return tuple(rebuild(cts))
+
+        return (out, pullback, _join_aux(box, res[2])) if has_aux else (out, pullback)
+
+    def _tangent(self, t, primal):
+        """``t`` as a tensor of ``primal``'s dtype and device (torch.func insists on both)."""
+        if isinstance(t, _Tensor) and t.dtype == primal.dtype:
+            return t
+        return self._operand(t, primal) if isinstance(t, _PY_SCALARS) else \
+            self.asarray(t).to(primal.dtype)
+
+    def jvp(self, f, primals, tangents):
+        primals, tangents = tuple(primals), tuple(tangents)
+        if all(isinstance(p, _Tensor) for p in primals):
+            tangents = tuple(self._tangent(t, p) for t, p in zip(tangents, primals, strict=True))
+            return tfunc.jvp(f, primals, tangents)
+        g, leaves, rebuild = self._flat_call(f, primals, tuple(range(len(primals))))
+        t_leaves = [self._tangent(t, p) for t, p in zip(
+            optree.tree_leaves(tangents, none_is_leaf=False), leaves, strict=True)]
+        return tfunc.jvp(g, tuple(leaves), tuple(t_leaves))
+
+    def stop_gradient(self, x):
+        if isinstance(x, _Tensor):
+            return x.detach()
+        return optree.tree_map(lambda v: v.detach() if isinstance(v, _Tensor) else v, x,
+                               none_is_leaf=False)
+
+    def custom_vjp(self, fun, fwd, bwd):
+        """``fun`` with the reverse-mode derivative ``bwd`` (a ``torch.autograd.Function`` with
+        ``setup_context`` and ``generate_vmap_rule``, so it composes with ``grad`` and ``vmap``).
+
+        ``fun`` itself runs when no argument carries a gradient; otherwise ``fwd`` computes the
+        value and the residuals (in the differentiated graph, so that ``bwd`` is itself
+        differentiable through them, as with ``jax.custom_vjp``). Forward mode (``jvp``) through
+        the result raises, as on JAX.
+        """
+        function = _make_custom_function(bwd)
+
+        def custom(*args):
+            if not any(isinstance(a, _Tensor) and (a.requires_grad or _is_wrapped(a))
+                       for a in args):
+                return fun(*args)
+            out, res = fwd(*args)
+            out_leaves, out_def = optree.tree_flatten(out, none_is_leaf=False)
+            out_leaves = [o if isinstance(o, _Tensor) else self.asarray(o) for o in out_leaves]
+            res_leaves, res_def = optree.tree_flatten(res, none_is_leaf=False)
+            res_tensors = [r for r in res_leaves if isinstance(r, _Tensor)]
+            meta = _CustomMeta(len(args), len(out_leaves), out_def, res_def,
+                               tuple(None if isinstance(r, _Tensor) else r for r in res_leaves))
+            outs = function.apply(meta, *args, *out_leaves, *res_tensors)
+            return optree.tree_unflatten(out_def, list(outs))
+
+        custom.__name__ = getattr(fun, "__name__", "custom_vjp")
+        custom.__doc__ = getattr(fun, "__doc__", None)
+        return custom
+
+    # ------------------------------------------------------------------ control flow
+    def cond(self, pred, true_fun, false_fun, *operands):
+        """``true_fun(*operands)`` if ``pred`` else ``false_fun(*operands)``.
+
+        Inside ``vmap`` with a batched ``pred`` both branches run and the outputs are selected
+        leaf by leaf with ``torch.where`` (what ``jax.vmap`` does to ``lax.cond``).
+        """
+        try:
+            p = bool(pred)
+        except RuntimeError as exc:
+            if not _batched_error(exc):
+                raise
+            t, f = true_fun(*operands), false_fun(*operands)
+            return optree.tree_map(lambda a, b: torch.where(pred, a, b), t, f,
+                                   none_is_leaf=False)
+        return true_fun(*operands) if p else false_fun(*operands)
+
+    def switch(self, index, branches, *operands):
+        """``branches[index](*operands)`` with ``index`` clamped; a batched ``index`` inside
+        ``vmap`` runs every branch and selects."""
+        n = len(branches)
+        try:
+            i = int(index)
+        except RuntimeError as exc:
+            if not _batched_error(exc):
+                raise
+            idx = torch.clamp(index, 0, n - 1)
+            outs = [b(*operands) for b in branches]
+            out = outs[0]
+            for k in range(1, n):
+                out = optree.tree_map(lambda a, b, k=k: torch.where(idx == k, b, a), out,
+                                      outs[k], none_is_leaf=False)
+            return out
+        return branches[min(max(i, 0), n - 1)](*operands)
+
+    # ------------------------------------------------------------------ transforms
+    def jit(self, fun, static_argnums=(), static_argnames=(), donate_argnums=()):
+        """The identity: torch runs eagerly (``has_jit`` is False); the arguments are accepted
+        for portability and ignored."""
+        return fun
+
+    def vmap(self, fun, in_axes=0, out_axes=0):
+        """``torch.func.vmap`` with JAX's argument names (``in_axes``, ``out_axes``).
+
+        Random draws inside use ``randomness="same"`` (an unbatched key gives every example the
+        same numbers, as in JAX). A mapped argument holding host (NumPy) arrays, such as a stack
+        of random keys, makes the call loop over the examples and stack (the base class's
+        ``vmap``), since host arrays cannot be batched by torch.
+        """
+        in_dims = tuple(in_axes) if isinstance(in_axes, list) else in_axes
+        vfun = tfunc.vmap(fun, in_dims=in_dims, out_dims=out_axes, randomness="same")
+        looped = _looped_vmap(fun, in_dims, out_axes)
+
+        def mapped(*args):
+            axes = in_dims if isinstance(in_dims, tuple) else (in_dims,) * len(args)
+            for arg, ax in zip(args, axes, strict=False):
+                if ax is None or isinstance(arg, _Tensor):
+                    continue
+                if isinstance(arg, np.ndarray) or any(
+                        isinstance(leaf, np.ndarray)
+                        for leaf in optree.tree_leaves(arg, none_is_leaf=False)):
+                    return looped(*args)
+            return vfun(*args)
+
+        return mapped
+
+
+# --------------------------------------------------------------------------- module helpers
+def _tensor_aux(f, box):
+    """``f`` returning ``(out, aux)`` rewritten to return only the tensor leaves of ``aux``
+    (torch.func accepts nothing else there); the rest is kept in the list ``box``."""
+    def f_tensor_aux(*args):
+        out, aux = f(*args)
+        leaves, treedef = optree.tree_flatten(aux, none_is_leaf=False)
+        box.append((treedef, tuple(None if isinstance(v, _Tensor) else v for v in leaves)))
+        return out, [v for v in leaves if isinstance(v, _Tensor)]
+
+    return f_tensor_aux
+
+
+def _join_aux(box, tensors):
+    """The aux pytree from the tensors torch.func returned and the rest kept in ``box``."""
+    treedef, static = box[-1]
+    it = iter(tensors)
+    return optree.tree_unflatten(treedef, [next(it) if v is None else v for v in static])
+
+
+def _looped_vmap(fun, in_axes, out_axes):
+    """``vmap`` as a Python loop over examples, for mapped host (NumPy) leaves such as keys."""
+    def take(leaf, axis, i):
+        if isinstance(leaf, _Tensor):
+            return torch.select(leaf, axis, i)
+        return np.take(np.asarray(leaf), i, axis=axis)
+
+    def stack(*outs):
+        if isinstance(outs[0], _Tensor):
+            return torch.stack(outs, dim=out_axes)
+        return np.stack(outs, axis=out_axes)
+
+    def looped(*args):
+        axes = in_axes if isinstance(in_axes, tuple) else (in_axes,) * len(args)
+        sizes = {np.shape(leaf)[a] for arg, a in zip(args, axes, strict=True) if a is not None
+                 for leaf in optree.tree_leaves(arg, none_is_leaf=False)}
+        if len(sizes) != 1:
+            raise ValueError(f"vmap: mapped axes must have one common size, got {sizes}")
+        (n,) = sizes
+        outs = [fun(*[arg if a is None else optree.tree_map(
+            lambda leaf, a=a, i=i: take(leaf, a, i), arg, none_is_leaf=False)
+            for arg, a in zip(args, axes, strict=True)]) for i in range(n)]
+        return optree.tree_map(stack, *outs, none_is_leaf=False)
+
+    return looped
+
+
+def _device_name(dev: torch.device) -> str:
+    """agvi's name of a torch device: "cpu", "cuda:N", "mps"."""
+    if dev.type == "cuda":
+        return f"cuda:{dev.index if dev.index is not None else torch.cuda.current_device()}"
+    return dev.type
+
+
+def _shape(shape) -> tuple:
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    return tuple(int(s) for s in shape)
+
+
+def _num(v):
+    """A Python number from a number or a 0-d tensor (torch.arange wants numbers)."""
+    return v.item() if isinstance(v, _Tensor) else v
+
+
+def _torch_index(index, device):
+    """``index`` with NumPy integer/bool arrays converted to tensors on ``device``."""
+    if isinstance(index, tuple):
+        return tuple(_torch_index(i, device) for i in index)
+    if isinstance(index, np.ndarray):
+        return torch.as_tensor(index, device=device)
+    if isinstance(index, list):
+        return torch.as_tensor(np.asarray(index), device=device)
+    if isinstance(index, _Tensor) and index.device != device:
+        return index.to(device)
+    return index

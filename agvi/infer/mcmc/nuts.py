@@ -1,0 +1,594 @@
+"""The No-U-Turn Sampler: iterative, batched over chains, compiled whole on JAX.
+
+One transition draws a momentum and grows a trajectory by doubling: at depth ``k`` it builds,
+in a random direction, a subtree of ``2**k`` leapfrog steps from the end of the trajectory,
+until the trajectory makes a U-turn, a step diverges, or ``max_tree_depth`` doublings are done.
+
+- Trees are built **iteratively** (no recursion): an outer ``while_loop`` over doublings and an
+  inner ``while_loop`` over the leaves of the subtree, with the U-turn checks of every completed
+  sub-subtree done from fixed-size checkpoint buffers of shape (C, max_tree_depth, ...) indexed
+  by bit tricks (:mod:`.termination`; Phan et al. 2019, as NumPyro's iterative ``build_tree``).
+- **Multinomial sampling**: within a subtree the proposal is sampled progressively uniformly
+  with weights ``exp(-H)``; between subtrees by biased progressive sampling (:mod:`.proposal`;
+  Betancourt 2017, A.3).
+- **Generalised U-turn** (Betancourt 2017, A.4.2) across the whole trajectory, every sub-subtree,
+  and across neighbouring subtrees (the extra checks of Stan 2.26).
+- **Divergence**: a leaf whose energy exceeds the initial energy by more than
+  ``delta_energy_max``, or is non-finite, ends the trajectory; its subtree is rejected (so the
+  chain never moves to a non-finite state) and the transition is flagged divergent.
+- **Acceptance statistic** (for dual averaging): the mean over all leapfrog steps of the
+  transition, rejected subtrees included, of ``min(1, exp(H0 - H))`` (Stan's ``accept_stat__``).
+- **Batched chains** with per-chain masks (TFP's design): tree depth and leaf index are shared,
+  every chain has its own directions, draws and termination; a chain whose trajectory ended stops
+  changing (its arrays are selected with ``B.where``) while others go on; the loops run while
+  any chain is active. Chain ``i`` of a C-chain run equals a one-chain run with chain ``i``'s key.
+
+The loop bodies are pure and fixed-shape, so ``B.jit(kernel)`` compiles a whole transition on
+JAX; on torch and NumPy the same code runs as Python loops, with the loop counters as Python
+ints and one gradient call (no ``vmap``) per step when C == 1.
+
+Random numbers (:func:`draw_noise`): per chain and transition, from the chain's key, a standard
+normal vector for the momentum and ``2 * max_tree_depth + 2**max_tree_depth`` uniforms: the
+direction of each doubling (right when ``u < 1/2``), the biased-progressive uniform of each
+doubling, and one uniform per leapfrog step (indexed by the number of steps taken before it) for
+the progressive sampling within subtrees. Passing the same numbers to
+:func:`agvi.testing.reference_nuts.reference_nuts` (a recursive implementation) reproduces the
+transition.
+
+References
+----------
+Hoffman and Gelman (2014), "The No-U-Turn Sampler: adaptively setting path lengths in
+Hamiltonian Monte Carlo", JMLR 15, Algorithm 3 (recursive tree building).
+Betancourt (2017), "A conceptual introduction to Hamiltonian Monte Carlo", arXiv:1701.02434,
+appendix A (multinomial sampling, generalised U-turn).
+Phan, Pradhan and Jankowiak (2019), "Composable effects for flexible and accelerated
+probabilistic programming in NumPyro", arXiv:1912.11554 (iterative NUTS).
+Stan Development Team, Stan Reference Manual, "Hamiltonian Monte Carlo" (``accept_stat__``,
+tree depth, divergences) and Stan 2.26 ``base_nuts.hpp`` (checks across subtrees).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+from ...backends import get_backend
+from .hmc import HMCState, _per_chain, init
+from .integrators import IntegratorState, logdensity_and_grad_fn, velocity_verlet
+from .metrics import gaussian_euclidean
+from .proposal import select
+from .termination import (
+    checkpoint_indices,
+    init_checkpoints,
+    is_iterative_turning,
+    turning_across,
+    turning_mask,
+    write_checkpoint,
+)
+
+__all__ = ["NUTSInfo", "NUTSNoise", "build_kernel", "draw_noise", "init", "noise_size"]
+
+_MAX_TREE_DEPTH_LIMIT = 20
+
+
+class NUTSInfo(NamedTuple):
+    """What one NUTS transition did, per chain.
+
+    Attributes
+    ----------
+    momentum : Array, shape (C, d)
+        The momentum drawn at the start of the transition.
+    is_divergent : Array, shape (C,), bool
+        A leaf's energy exceeded the initial energy by more than ``delta_energy_max`` or was
+        non-finite.
+    is_turning : Array, shape (C,), bool
+        The trajectory ended on a U-turn (of the whole trajectory or of a subtree).
+    energy : Array, shape (C,)
+        Hamiltonian of the selected state (Stan's ``energy__``).
+    num_trajectory_expansions : Array, shape (C,), int
+        Doublings performed: the tree depth, counting a last subtree that was rejected (as
+        NumPyro and BlackJAX do; Stan's ``treedepth__`` omits that one).
+    num_integration_steps : Array, shape (C,), int
+        Leapfrog steps (gradient evaluations), rejected subtrees included.
+    acceptance_rate : Array, shape (C,)
+        Mean over those steps of ``min(1, exp(H0 - H))`` (Stan's ``accept_stat__``), the
+        statistic that dual averaging adapts.
+    num_nonfinite : Array, shape (C,), int
+        1 where a non-finite log density or gradient ended the trajectory, else 0.
+    """
+
+    momentum: object
+    is_divergent: object
+    is_turning: object
+    energy: object
+    num_trajectory_expansions: object
+    num_integration_steps: object
+    acceptance_rate: object
+    num_nonfinite: object
+
+
+class NUTSNoise(NamedTuple):
+    """The random numbers of one NUTS transition (drawn by :func:`draw_noise`).
+
+    Attributes
+    ----------
+    momentum : Array, shape (C, d)
+        ``N(0, M)`` momenta.
+    going_right : Array, shape (C, D), bool
+        Direction of each doubling (D = ``max_tree_depth``).
+    u_subtree : Array, shape (C, D)
+        Uniforms on [0, 1) for the biased progressive sampling after each doubling.
+    u_leaf : Array, shape (C, 2**D)
+        Uniforms on [0, 1) for the progressive sampling within subtrees; the ``j``-th leapfrog
+        step of the transition (counting from 0) uses ``u_leaf[:, j]``.
+    """
+
+    momentum: object
+    going_right: object
+    u_subtree: object
+    u_leaf: object
+
+
+def noise_size(max_tree_depth: int) -> int:
+    """Number of uniforms drawn per chain and transition: ``2 * D + 2**D``."""
+    return 2 * max_tree_depth + 2 ** max_tree_depth
+
+
+def draw_noise(keys, position, metric, max_tree_depth: int) -> NUTSNoise:
+    """Draw the random numbers of one transition, each chain from its own key.
+
+    Parameters
+    ----------
+    keys : Array, shape (C, 2)
+        One key per chain; key ``c`` is split in two, one for the momentum (a standard normal
+        (d,) draw mapped by ``metric.momentum_from_normal``), one for the uniforms.
+    position : Array, shape (C, d)
+        Gives the dimension and dtype.
+    metric : EuclideanMetric
+    max_tree_depth : int
+
+    Returns
+    -------
+    NUTSNoise
+    """
+    B = get_backend()
+    d = B.shape(position)[-1]
+    dtype = B.dtype_of(position)
+    depth = max_tree_depth
+    n = noise_size(depth)
+
+    def one(key):
+        key_momentum, key_uniform = B.split(key, 2)
+        return B.normal(key_momentum, (d,), dtype=dtype), B.uniform(key_uniform, (n,), dtype=dtype)
+
+    z, u = B.map(one, keys)
+    return NUTSNoise(metric.momentum_from_normal(z), u[:, :depth] < 0.5, u[:, depth:2 * depth],
+                     u[:, 2 * depth:])
+
+
+class _Proposal(NamedTuple):
+    position: object         # (C, d)
+    energy: object           # (C,)
+    logdensity: object       # (C,)
+    logdensity_grad: object  # (C, d)
+
+
+class _Trajectory(NamedTuple):
+    depth_index: object      # doublings done so far (shared; a Python int on eager backends)
+    left: IntegratorState    # leftmost and rightmost leaves
+    right: IntegratorState
+    proposal: _Proposal
+    log_weight: object       # log sum of exp(H0 - H) over the trajectory
+    momentum_sum: object     # running sum of momenta: the trajectory's while it grows
+    checkpoints: object      # U-turn checkpoints (reused by every subtree)
+    stop_log_weight: object  # log weight of the leaf where the chain stopped
+    active: object           # still growing
+    turning: object
+    diverging: object
+    depth: object
+    num_steps: object
+    sum_accept: object
+    num_nonfinite: object
+
+
+class _Subtree(NamedTuple):
+    leaf_index: object       # shared; a Python int on eager backends
+    current: IntegratorState  # the last leaf (the last finite one for stopped chains)
+    velocity: object
+    log_weight: object
+    proposal: _Proposal
+    momentum_sum: object
+    checkpoints: object
+    active: object
+    stop_log_weight: object
+    num_steps: object
+    sum_accept: object
+
+
+def _picker(B, num_chains):
+    """``pick(mask, new, old)``: per-chain choice between pytrees of (C, ...) Arrays. With one
+    chain it is a ``cond`` on the single flag (a Python branch on eager backends: no array
+    work at all), otherwise ``where`` leaf by leaf."""
+    if num_chains == 1:
+        def first(a, b):
+            return a
+
+        def second(a, b):
+            return b
+
+        def pick(mask, new, old):
+            return B.cond(mask[0], first, second, new, old)
+    else:
+        def pick(mask, new, old):
+            return select(mask, new, old)
+    return pick
+
+
+def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
+                 delta_energy_max: float = 1000.0,
+                 integrator: Callable = velocity_verlet) -> Callable:
+    """A NUTS transition kernel batched over chains.
+
+    Parameters
+    ----------
+    logdensity_fn : callable
+        ``logdensity_fn(x: (d,)) -> scalar``, the log density up to a constant, written with the
+        active backend's operations.
+    max_tree_depth : int
+        Maximum number of doublings D (at most ``2**D - 1`` leapfrog steps per transition);
+        between 1 and 20. Each transition draws ``2 * D + 2**D`` uniforms per chain.
+    delta_energy_max : float
+        Energy error (``H - H0``) above which a leaf is divergent (Stan: 1000).
+    integrator : callable
+        ``integrator(logdensity_and_grad, metric) -> Integrator`` (default velocity Verlet).
+
+    Returns
+    -------
+    callable
+        ``kernel(keys, state, step_size, inverse_mass_matrix, noise=None) -> (HMCState,
+        NUTSInfo)`` with ``keys`` (C, 2), ``state`` an :class:`~.hmc.HMCState` of C chains,
+        ``step_size`` (C,), ``inverse_mass_matrix`` (C, d) or (C, d, d); ``noise`` (a
+        :class:`NUTSNoise`) replaces the draws from ``keys`` (for tests). The kernel is pure
+        and fixed-shape: ``B.jit(kernel)`` compiles a whole transition on JAX.
+
+    Raises
+    ------
+    ValueError
+        If ``max_tree_depth`` is not an int in [1, 20] or ``delta_energy_max`` is not positive.
+
+    References
+    ----------
+    Hoffman and Gelman (2014), JMLR 15, Algorithm 3; Betancourt (2017), arXiv:1701.02434,
+    appendix A; Phan et al. (2019), arXiv:1912.11554.
+    """
+    if (not isinstance(max_tree_depth, int) or isinstance(max_tree_depth, bool)
+            or not 1 <= max_tree_depth <= _MAX_TREE_DEPTH_LIMIT):
+        raise ValueError(f"max_tree_depth must be an int between 1 and {_MAX_TREE_DEPTH_LIMIT}, "
+                         f"got {max_tree_depth!r}")
+    if not delta_energy_max > 0:
+        raise ValueError(f"delta_energy_max must be positive, got {delta_energy_max!r}")
+    B = get_backend()
+    value_and_grad = logdensity_and_grad_fn(logdensity_fn)
+    value_and_grad_one = B.value_and_grad(logdensity_fn)
+    # eager backends run a lone chain with Python control flow and Python-float bookkeeping
+    # (same algorithm, noise and results; see _eager_one_chain)
+    eager_single_chain = not B.compiles_control_flow and integrator is velocity_verlet
+    max_depth = max_tree_depth
+    neg_inf, inf = -math.inf, math.inf
+    bool_dtype = B.dtype("bool")
+
+    def kernel(keys, state, step_size, inverse_mass_matrix, noise=None):
+        position = state.position
+        num_chains, dim = B.shape(position)
+        dtype = B.dtype_of(position)
+        batched = num_chains > 1
+        pick = _picker(B, num_chains)
+        metric = gaussian_euclidean(inverse_mass_matrix)
+        if noise is None:
+            noise = draw_noise(keys, position, metric, max_depth)
+        step_size = _per_chain(B, step_size, num_chains, dtype)
+        if eager_single_chain and num_chains == 1:
+            return _eager_one_chain(B, value_and_grad_one, state, step_size, metric, noise,
+                                    max_depth, delta_energy_max)
+        velocity_fn, kinetic_energy = metric.velocity, metric.kinetic_energy
+        step = integrator(value_and_grad, metric)
+        coefficients_right, coefficients_left = step.prepare(step_size), step.prepare(-step_size)
+        momentum0 = noise.momentum
+        energy0 = kinetic_energy(momentum0) - state.logdensity
+        log_u_subtree = B.log(noise.u_subtree)
+        log_u_leaf = B.log(noise.u_leaf)
+        going_right = noise.going_right
+        slots = B.reshape(B.repeat(B.arange(max_depth), 2, axis=0), (max_depth, 2))
+        offsets = B.reshape(B.tile(B.arange(2), (max_depth,)), (max_depth, 2))
+        all_true = B.ones((num_chains,), dtype=bool_dtype)
+        no_weight = B.full((num_chains,), neg_inf, dtype=dtype)
+        zeros_int = B.zeros((num_chains,), dtype=B.int_dtype)
+        false = B.zeros((num_chains,), dtype=bool_dtype)
+        start = IntegratorState(position, momentum0, state.logdensity, state.logdensity_grad)
+        trajectory = _Trajectory(
+            depth_index=0, left=start, right=start,
+            proposal=_Proposal(position, energy0, state.logdensity, state.logdensity_grad),
+            log_weight=B.zeros((num_chains,), dtype=dtype), momentum_sum=momentum0,
+            checkpoints=init_checkpoints(num_chains, max_depth, dim, dtype),
+            stop_log_weight=B.zeros((num_chains,), dtype=dtype), active=all_true,
+            turning=false, diverging=false, depth=zeros_int, num_steps=zeros_int,
+            sum_accept=B.zeros((num_chains,), dtype=dtype), num_nonfinite=zeros_int)
+
+        def even_leaf(ckpt, n, leaf, velocity, previous, previous_velocity, momentum_sum_prev,
+                      momentum_sum):
+            ckpt = write_checkpoint(ckpt, n, leaf.momentum, velocity, previous_velocity,
+                                    momentum_sum_prev, previous.momentum)
+            return ckpt, all_true
+
+        def odd_leaf(ckpt, n, leaf, velocity, previous, previous_velocity, momentum_sum_prev,
+                     momentum_sum):
+            mask = turning_mask(n, slots, offsets)
+            return ckpt, ~is_iterative_turning(ckpt, velocity, momentum_sum, mask)
+
+        def outer_cond(t):
+            return B.any(t.active) & (t.depth_index < max_depth)
+
+        def outer_body(t):
+            k = t.depth_index
+            right = going_right[:, k]
+            begin = pick(right, t.right, t.left)
+            coefficients = pick(right, coefficients_right, coefficients_left)
+            num_leaves = 1 << k
+            first_leaf = num_leaves - 1   # steps taken before this subtree
+
+            def inner_cond(s):
+                return B.any(s.active) & (s.leaf_index < num_leaves)
+
+            def inner_body(s):
+                n = s.leaf_index
+                leaf = step.apply(s.current, coefficients)
+                velocity = velocity_fn(leaf.momentum)
+                energy = kinetic_energy(leaf.momentum, velocity) - leaf.logdensity
+                log_weight = energy0 - energy
+                # non-finite energies (NaN, +-inf) get weight 0 and are divergent
+                log_weight = B.where(log_weight < inf, log_weight, neg_inf)
+                accept = B.exp(B.clip(log_weight, max=0.0))
+                if batched:
+                    active = s.active
+                    num_steps = s.num_steps + active
+                    sum_accept = s.sum_accept + B.where(active, accept, 0.0)
+                    stop_log_weight = B.where(active, log_weight, s.stop_log_weight)
+                else:   # the only chain is active while the loop runs
+                    num_steps = s.num_steps + 1
+                    sum_accept = s.sum_accept + accept
+                    stop_log_weight = log_weight
+                subtree_log_weight = B.logaddexp(s.log_weight, log_weight)
+                take = log_u_leaf[:, first_leaf + n] < log_weight - subtree_log_weight
+                proposal = pick(take, _Proposal(leaf.position, energy, leaf.logdensity,
+                                                leaf.logdensity_grad), s.proposal)
+                momentum_sum = s.momentum_sum + leaf.momentum
+                ckpt, no_turn = B.cond(n % 2 == 0, even_leaf, odd_leaf, s.checkpoints, n, leaf,
+                                       velocity, s.current, s.velocity, s.momentum_sum,
+                                       momentum_sum)
+                still = (log_weight >= -delta_energy_max) & no_turn
+                if batched:
+                    still = still & s.active
+                    # chains that stopped keep their last finite leaf: nothing non-finite is
+                    # integrated from, and their results are masked out anyway
+                    current = select(still, leaf, s.current)
+                    velocity = B.where(still[:, None], velocity, s.velocity)
+                else:
+                    current = leaf   # the loop ends as soon as the only chain stops
+                return _Subtree(n + 1, current, velocity, subtree_log_weight, proposal,
+                                momentum_sum, ckpt, still, stop_log_weight, num_steps, sum_accept)
+
+            sub = B.while_loop(inner_cond, inner_body, _Subtree(
+                leaf_index=0, current=begin, velocity=begin.momentum,   # (placeholder, unused)
+                log_weight=no_weight, proposal=t.proposal, momentum_sum=t.momentum_sum,
+                checkpoints=t.checkpoints, active=t.active, stop_log_weight=t.stop_log_weight,
+                num_steps=t.num_steps, sum_accept=t.sum_accept))
+
+            complete = sub.active            # built all its leaves without turn or divergence
+            stopped = t.active & ~complete if batched else ~complete
+            diverged = stopped & (sub.stop_log_weight < -delta_energy_max)
+            # biased progressive sampling between the trajectory and the new subtree
+            take = complete & (log_u_subtree[:, k] < sub.log_weight - t.log_weight)
+            proposal = pick(take, sub.proposal, t.proposal)
+            # U-turn across the join: begin is the old inner end, the other end the old outer
+            old_outer = B.where(right[:, None], t.left.momentum, t.right.momentum)
+            first_row = sub.checkpoints.rows[:, 0]    # slot 0 holds the subtree's first leaf
+            across = turning_across(
+                velocity_fn(old_outer), velocity_fn(begin.momentum), begin.momentum,
+                t.momentum_sum, first_row[:, 0], first_row[:, 4], sub.velocity,
+                sub.momentum_sum - t.momentum_sum)
+            return _Trajectory(
+                depth_index=k + 1,
+                left=pick(complete & ~right, sub.current, t.left),
+                right=pick(complete & right, sub.current, t.right),
+                proposal=proposal,
+                log_weight=B.where(complete, B.logaddexp(t.log_weight, sub.log_weight),
+                                   t.log_weight),
+                momentum_sum=sub.momentum_sum,   # the joined trajectory's, where it goes on
+                checkpoints=sub.checkpoints, stop_log_weight=sub.stop_log_weight,
+                active=complete & ~across,
+                turning=t.turning | (stopped & ~diverged) | (complete & across),
+                diverging=t.diverging | diverged,
+                depth=t.depth + t.active if batched else t.depth + 1,
+                num_steps=sub.num_steps, sum_accept=sub.sum_accept,
+                num_nonfinite=t.num_nonfinite + (stopped & (sub.stop_log_weight == neg_inf)))
+
+        t = B.while_loop(outer_cond, outer_body, trajectory)
+        proposal = t.proposal
+        new_state = HMCState(proposal.position, proposal.logdensity, proposal.logdensity_grad)
+        info = NUTSInfo(
+            momentum=momentum0, is_divergent=t.diverging, is_turning=t.turning,
+            energy=proposal.energy, num_trajectory_expansions=t.depth,
+            num_integration_steps=t.num_steps,
+            acceptance_rate=t.sum_accept / B.astype(t.num_steps, dtype),
+            num_nonfinite=t.num_nonfinite)
+        return new_state, info
+
+    return kernel
+
+
+# --------------------------------------------------------------------------------------------
+# One chain on an eager backend
+# --------------------------------------------------------------------------------------------
+def _logaddexp(a: float, b: float) -> float:
+    """log(exp(a) + exp(b)) of Python floats (NumPy's formula)."""
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    if a == b:
+        return a + math.log(2.0)
+    diff = a - b
+    if diff > 0:
+        return a + math.log1p(math.exp(-diff))
+    return b + math.log1p(math.exp(diff))
+
+
+class _Row(NamedTuple):
+    """A U-turn checkpoint of the even leaf e (see :mod:`.termination`)."""
+
+    velocity: object         # v_e
+    velocity_prev: object    # v_{e-1}
+    sum_prev: object         # S(e-1)
+    sum_prev2: object        # S(e-2)
+
+
+def _eager_one_chain(B, value_and_grad, state, step_size, metric, noise, max_depth,
+                     delta_energy_max):
+    """The NUTS transition of :func:`build_kernel` for one chain on an eager backend.
+
+    The same algorithm, consuming the same noise in the same way as the batched kernel, but
+    with Python loops and branches, the per-chain scalars (energies, log weights, counters) as
+    Python floats and ints, and the U-turn checkpoints as a Python list (checked slot by slot
+    with early exit), which removes most of the small array operations per leapfrog step whose
+    dispatch cost dominates on eager frameworks. Vectors stay Arrays of the backend (shape (d,)).
+    """
+    inf = math.inf
+    x = state.position[0]
+    momentum0 = noise.momentum[0]
+    eps = step_size[0]
+    imm = metric.inverse_mass_matrix[0]
+    if metric.is_dense:
+        def velocity(p):
+            return imm @ p
+
+        def position_step(position, p, sign):
+            return position + (eps if sign else -eps) * velocity(p)
+    else:
+        scaled = (eps * imm, -eps * imm)
+
+        def velocity(p):
+            return imm * p
+
+        def position_step(position, p, sign):
+            return position + scaled[0 if sign else 1] * p
+    half = (0.5 * eps, 0.5 * -eps)
+    going_right = B.to_numpy(noise.going_right[0]).tolist()
+    log_u_subtree = B.to_numpy(B.log(noise.u_subtree[0])).tolist()
+    log_u_leaf = B.to_numpy(B.log(noise.u_leaf[0])).tolist()
+
+    def kinetic(p, v):
+        return 0.5 * float(B.sum(p * v))
+
+    energy0 = kinetic(momentum0, velocity(momentum0)) - float(state.logdensity[0])
+    left = right = (x, momentum0, state.logdensity_grad[0])
+    proposal = (x, state.logdensity[0], state.logdensity_grad[0], energy0)
+    log_weight = 0.0
+    momentum_sum = momentum0
+    rows = [None] * max_depth
+    between = [inf] * max_depth
+    depth = num_steps = num_nonfinite = 0
+    sum_accept = 0.0
+    turning = diverging = False
+    while depth < max_depth:
+        k = depth
+        sign = going_right[k]
+        position, p, g = right if sign else left
+        h = half[0 if sign else 1]
+        sum_before = momentum_sum
+        sub_log_weight, sub_proposal = -inf, None
+        p_prev = v_prev = first = None
+        stop = None      # None, "turn" or "diverge"
+        for n in range(1 << k):
+            p = p + h * g
+            position = position_step(position, p, sign)
+            logdensity, g = value_and_grad(position)
+            p = p + h * g
+            v = velocity(p)
+            energy = kinetic(p, v) - float(logdensity)
+            lw = energy0 - energy
+            if not lw < inf:        # NaN or +-inf energy: weight 0, divergent
+                lw = -inf
+            num_steps += 1
+            sum_accept += math.exp(min(lw, 0.0))
+            total = _logaddexp(sub_log_weight, lw)
+            if log_u_leaf[(1 << k) - 1 + n] < lw - total:
+                sub_proposal = (position, logdensity, g, energy)
+            sub_log_weight = total
+            new_sum = momentum_sum + p
+            if not lw >= -delta_energy_max:
+                stop = "diverge"
+                num_nonfinite = int(lw == -inf)
+                break
+            if n % 2 == 0:
+                slot = B.popcount(n)
+                if n == 0:
+                    first = (p, v)
+                else:   # check 2 of the sub-subtree whose midpoint is this leaf
+                    start = rows[slot - 1]
+                    rho = new_sum - start.sum_prev
+                    between[slot] = min(float(start.velocity @ rho), float(v @ rho))
+                rows[slot] = _Row(v, v_prev, momentum_sum, momentum_sum - p_prev if n else None)
+            else:
+                idx_min, idx_max = checkpoint_indices(n)
+                for i in range(idx_max, idx_min - 1, -1):
+                    row = rows[i]
+                    rho = new_sum - row.sum_prev
+                    if not (float(row.velocity @ rho) > 0 and float(v @ rho) > 0):
+                        stop = "turn"
+                        break
+                    if i > idx_min:   # this slot is the midpoint of a size >= 4 sub-subtree
+                        rho = new_sum - row.sum_prev2
+                        if not (between[i] > 0 and float(row.velocity_prev @ rho) > 0
+                                and float(v @ rho) > 0):
+                            stop = "turn"
+                            break
+                if stop:
+                    break
+            momentum_sum, p_prev, v_prev = new_sum, p, v
+        depth += 1
+        if stop == "diverge":
+            diverging = True
+            break
+        if stop == "turn":
+            turning = True
+            break
+        # biased progressive sampling, then the U-turn checks across the join
+        if log_u_subtree[k] < sub_log_weight - log_weight:
+            proposal = sub_proposal
+        log_weight = _logaddexp(log_weight, sub_log_weight)
+        momentum_sum = new_sum
+        old_outer = (left if sign else right)[1]
+        old_inner = (right if sign else left)[1]
+        across = turning_across(
+            velocity(old_outer)[None], velocity(old_inner)[None], old_inner[None],
+            sum_before[None], first[1][None], first[0][None], v[None],
+            (momentum_sum - sum_before)[None])
+        if sign:
+            right = (position, p, g)
+        else:
+            left = (position, p, g)
+        if bool(across[0]):
+            turning = True
+            break
+
+    position, logdensity, grad, energy = proposal
+    dtype = B.dtype_of(position)
+    new_state = HMCState(position[None], B.reshape(logdensity, (1,)), grad[None])
+    info = NUTSInfo(
+        momentum=noise.momentum, is_divergent=B.asarray([diverging]),
+        is_turning=B.asarray([turning]), energy=B.asarray([energy], dtype=dtype),
+        num_trajectory_expansions=B.asarray([depth], dtype=B.int_dtype),
+        num_integration_steps=B.asarray([num_steps], dtype=B.int_dtype),
+        acceptance_rate=B.asarray([sum_accept / num_steps], dtype=dtype),
+        num_nonfinite=B.asarray([num_nonfinite], dtype=B.int_dtype))
+    return new_state, info

@@ -1,0 +1,1158 @@
+"""The MCMC driver and the friendly :class:`NUTS` / :class:`HMC` kernels.
+
+:class:`MCMC` runs warmup (Stan's windowed adaptation of the step size and the mass matrix) and
+sampling for a batch of chains, written once on the Backend:
+
+- chains live on a leading axis (positions (C, d)); chain ``c`` draws its random numbers from
+  ``B.fold_in(key, c)`` only, so chain 0 of a 4-chain run equals a 1-chain run with the same key;
+- warmup is one pure per-transition body driven by per-transition schedule flags (built in
+  Python by :func:`~.adaptation.windows.windowed_schedule`) and run as a ``B.scan`` over chunks
+  of transitions; sampling likewise. On JAX each chunk is one compiled call (``B.jit``), cached
+  on the kernel object so that a second run with data of the same shapes does not recompile;
+  on torch and NumPy the same code runs as Python loops;
+- the progress bar (tqdm, when installed and stderr is a terminal) moves once per chunk;
+  Ctrl-C between chunks keeps the draws collected so far (with a warning);
+- non-finite log densities or gradients never raise inside a run: the kernels treat them as
+  divergences, the estimators skip them, and they are counted per chain
+  (:meth:`MCMC.print_summary`).
+
+References
+----------
+Hoffman and Gelman (2014), "The No-U-Turn Sampler", JMLR 15 (Algorithms 4 and 6).
+Stan Development Team, Stan Reference Manual, "HMC algorithm parameters" (windowed adaptation).
+Phan, Pradhan and Jankowiak (2019), arXiv:1912.11554 (NumPyro's MCMC interface, followed here).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import optree
+
+from ...backends import get_backend, use_backend
+from . import hmc as hmc_module
+from . import nuts as nuts_module
+from .adaptation import (
+    AdaptationWindow,
+    dual_averaging,
+    find_reasonable_step_size,
+    schedule_arrays,
+    welford_covariance,
+    welford_variance,
+    windowed_schedule,
+)
+from .diagnostics import format_summary
+from .hmc import HMCState
+from .integrators import logdensity_and_grad_fn
+
+__all__ = ["HMC", "MCMC", "MCMCState", "NUTS"]
+
+_INIT_TRIES = 100
+_INIT_RADIUS = 2.0
+_ARVIZ_STATS = {"accept_prob": "acceptance_rate", "num_steps": "n_steps",
+                "tree_depth": "tree_depth", "diverging": "diverging", "energy": "energy",
+                "logdensity": "lp", "step_size": "step_size"}
+
+
+class MCMCState(NamedTuple):
+    """Where a batch of chains stands between runs (``MCMC.post_warmup_state``,
+    ``MCMC.last_state``).
+
+    Attributes
+    ----------
+    hmc_state : HMCState
+        Flat positions (C, d) with their log densities (C,) and gradients (C, d).
+    step_size : Array, shape (C,)
+    inverse_mass_matrix : Array, shape (C, d) (diagonal) or (C, d, d) (dense)
+    """
+
+    hmc_state: HMCState
+    step_size: object
+    inverse_mass_matrix: object
+
+
+class _WarmupCarry(NamedTuple):
+    state: HMCState
+    step_size: object
+    inverse_mass_matrix: object
+    dual_averaging: object
+    welford: object
+    keys: object
+    num_divergent: object
+    num_steps: object
+    num_nonfinite: object
+
+
+class _SampleCarry(NamedTuple):
+    state: HMCState
+    step_size: object
+    inverse_mass_matrix: object
+    keys: object
+    num_divergent: object
+    num_steps: object
+    num_nonfinite: object
+
+
+# --------------------------------------------------------------------------- kernels
+class _HamiltonianKernel:
+    """Settings shared by :class:`NUTS` and :class:`HMC` (see their docstrings)."""
+
+    #: name -> "float" | "int" | "bool": the per-chain scalars recorded at every draw
+    _FIELDS: dict = {}
+
+    def __init__(self, model=None, *, logdensity_fn=None, potential_fn=None, step_size=1.0,
+                 adapt_step_size=True, adapt_mass_matrix=True, dense_mass=False,
+                 target_accept_prob=0.8, inverse_mass_matrix=None, init_strategy=None,
+                 adapt_per_chain=True):
+        name = type(self).__name__
+        if model is not None:
+            raise NotImplementedError(f"{name}(model=...) arrives with agvi's effect handlers; "
+                                      "for now pass logdensity_fn= or potential_fn=")
+        if (logdensity_fn is None) == (potential_fn is None):
+            raise ValueError(f"{name} needs exactly one of logdensity_fn (the log density) and "
+                             "potential_fn (its negative); got "
+                             f"{'both' if logdensity_fn is not None else 'neither'}")
+        for arg, fn in (("logdensity_fn", logdensity_fn), ("potential_fn", potential_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{arg} must be callable, got {type(fn).__name__}")
+        if not 0.0 < target_accept_prob < 1.0:
+            raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}")
+        if init_strategy not in (None, "uniform", "zeros"):
+            raise ValueError("init_strategy must be None (start at init_params), 'uniform' "
+                             "(uniform(-2, 2) draws, retried until finite) or 'zeros'; got "
+                             f"{init_strategy!r}")
+        self.backend = get_backend()
+        self.potential_fn = potential_fn
+        if potential_fn is not None:
+            def logdensity(*args):
+                return -potential_fn(*args)
+            self.logdensity_fn = logdensity
+        else:
+            self.logdensity_fn = logdensity_fn
+        self.step_size = step_size
+        self.adapt_step_size = bool(adapt_step_size)
+        self.adapt_mass_matrix = bool(adapt_mass_matrix)
+        self.dense_mass = bool(dense_mass)
+        self.target_accept_prob = float(target_accept_prob)
+        self.inverse_mass_matrix = inverse_mass_matrix
+        self.init_strategy = init_strategy
+        self.adapt_per_chain = bool(adapt_per_chain)
+        # compiled chunk functions: see MCMC._compiled
+        self._cache: dict = {}
+
+    # what the driver needs from a kernel ------------------------------------------------------
+    def _static(self) -> tuple:
+        return (self.adapt_step_size, self.adapt_mass_matrix, self.dense_mass,
+                self.target_accept_prob, self.adapt_per_chain)
+
+    def _transition(self, logdensity_fn: Callable, warmup: bool) -> Callable:
+        raise NotImplementedError
+
+    def _fields(self, info) -> dict:
+        raise NotImplementedError
+
+    def _initial_step_size(self, chains, dtype):
+        """The starting step sizes of chains ``chains`` (list of ints), shape (len(chains),)."""
+        B = self.backend
+        eps = self.step_size
+        arr = np.asarray(B.to_numpy(eps) if B.is_array(eps) else eps, dtype=np.float64)
+        if arr.ndim == 0:
+            arr = np.full(len(chains), float(arr))
+        elif arr.ndim == 1 and arr.shape[0] > max(chains):
+            arr = arr[list(chains)]
+        else:
+            raise ValueError("step_size must be a positive float or an array of shape "
+                             f"(num_chains,); got shape {arr.shape}")
+        if not np.all(arr > 0) or not np.all(np.isfinite(arr)):
+            raise ValueError(f"step_size must be positive and finite, got {arr}")
+        return B.asarray(arr, dtype=dtype)
+
+    def _initial_inverse_mass_matrix(self, chains, dim, num_chains, dtype):
+        """The starting inverse mass matrices of chains ``chains``: (n, d) or (n, d, d)."""
+        B = self.backend
+        n = len(chains)
+        imm = self.inverse_mass_matrix
+        if imm is None:
+            eye = np.eye(dim) if self.dense_mass else np.ones(dim)
+            return B.asarray(np.broadcast_to(eye, (n,) + eye.shape).copy(), dtype=dtype)
+        arr = np.asarray(B.to_numpy(imm) if B.is_array(imm) else imm, dtype=np.float64)
+        event = 2 if self.dense_mass else 1
+        expected = (dim, dim) if self.dense_mass else (dim,)
+        if arr.shape == expected:
+            arr = np.broadcast_to(arr, (n,) + expected).copy()
+        elif arr.ndim == event + 1 and arr.shape[1:] == expected and arr.shape[0] == num_chains:
+            arr = arr[list(chains)]
+        else:
+            kind = "dense (dense_mass=True)" if self.dense_mass else "diagonal"
+            raise ValueError(f"inverse_mass_matrix for a {kind} metric must have shape "
+                             f"{expected} or {(num_chains,) + expected}; got {arr.shape}")
+        return B.asarray(arr, dtype=dtype)
+
+
+class NUTS(_HamiltonianKernel):
+    """The No-U-Turn Sampler with Stan's warmup, for :class:`MCMC`.
+
+    Parameters
+    ----------
+    model : None
+        Reserved: running a probabilistic program arrives with agvi's effect handlers.
+    logdensity_fn : callable, optional
+        ``logdensity_fn(params, *args) -> scalar``: the log density (up to a constant) of one
+        point ``params``, a pytree of floating Arrays of the structure of ``init_params`` (a
+        single Array of shape (d,) in the simplest case), written with the backend's
+        operations; ``args`` are the extra positional arguments of :meth:`MCMC.run` (data).
+    potential_fn : callable, optional
+        The negative log density, same signature. Give exactly one of the two.
+    step_size : float or Array of shape (num_chains,)
+        Initial step size (the starting point of the warmup search when adapted).
+    adapt_step_size : bool
+        Adapt the step size by dual averaging during warmup.
+    adapt_mass_matrix : bool
+        Adapt the inverse mass matrix by Stan's windowed Welford estimates.
+    dense_mass : bool
+        Dense (full covariance) instead of diagonal inverse mass matrix.
+    target_accept_prob : float
+        The acceptance statistic dual averaging aims at (Stan's ``adapt_delta``).
+    max_tree_depth : int
+        At most ``2**max_tree_depth - 1`` leapfrog steps per transition.
+    max_tree_depth_warmup : int or None
+        A different maximum depth during warmup (default: ``max_tree_depth``).
+    inverse_mass_matrix : array_like, optional
+        Initial inverse mass matrix: shape (d,) or (num_chains, d) (diagonal), (d, d) or
+        (num_chains, d, d) (dense); default the identity. With ``adapt_mass_matrix=False`` it
+        is used throughout (e.g. ``mcmc.adapted_params["inverse_mass_matrix"]`` of an earlier
+        run).
+    init_strategy : {None, "uniform", "zeros"}
+        ``None``: start at ``init_params``; ``"uniform"``: ``init_params`` gives the structure
+        only and every coordinate is drawn from uniform(-2, 2) (unconstrained space), redrawn
+        up to 100 times per chain until the log density and its gradient are finite;
+        ``"zeros"``: start at zeros of that structure.
+    adapt_per_chain : bool
+        One step size and mass matrix per chain (default); ``False`` pools the chains: one
+        dual-averaging update at the chains' mean acceptance, one Welford estimate over all
+        chains' draws, shared by all chains.
+
+    Raises
+    ------
+    NotImplementedError
+        If ``model`` is given.
+    ValueError
+        If not exactly one of ``logdensity_fn`` and ``potential_fn`` is given, or a setting is
+        out of range.
+
+    References
+    ----------
+    Hoffman and Gelman (2014), JMLR 15; Betancourt (2017), arXiv:1701.02434.
+
+    Examples
+    --------
+    >>> import agvi
+    >>> from agvi.infer.mcmc import MCMC, NUTS
+    >>> B = agvi.get_backend()
+    >>> kernel = NUTS(logdensity_fn=lambda x: -0.5 * B.sum(x ** 2))
+    >>> mcmc = MCMC(kernel, num_warmup=50, num_samples=50, progress_bar=False)
+    >>> mcmc.run(B.key(0), init_params=B.zeros(2))
+    >>> B.shape(mcmc.get_samples())
+    (50, 2)
+    """
+
+    _FIELDS = {"accept_prob": "float", "num_steps": "int", "tree_depth": "int",
+               "diverging": "bool", "turning": "bool", "energy": "float",
+               "num_nonfinite": "int"}
+
+    def __init__(self, model=None, logdensity_fn=None, potential_fn=None, step_size=1.0,
+                 adapt_step_size=True, adapt_mass_matrix=True, dense_mass=False,
+                 target_accept_prob=0.8, max_tree_depth=10, max_tree_depth_warmup=None,
+                 inverse_mass_matrix=None, init_strategy=None, adapt_per_chain=True):
+        super().__init__(model, logdensity_fn=logdensity_fn, potential_fn=potential_fn,
+                         step_size=step_size, adapt_step_size=adapt_step_size,
+                         adapt_mass_matrix=adapt_mass_matrix, dense_mass=dense_mass,
+                         target_accept_prob=target_accept_prob,
+                         inverse_mass_matrix=inverse_mass_matrix, init_strategy=init_strategy,
+                         adapt_per_chain=adapt_per_chain)
+        for arg, value in (("max_tree_depth", max_tree_depth),
+                           ("max_tree_depth_warmup", max_tree_depth_warmup)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 1 <= value <= 20):
+                raise ValueError(f"{arg} must be an int between 1 and 20, got {value!r}")
+        self.max_tree_depth = max_tree_depth
+        self.max_tree_depth_warmup = max_tree_depth_warmup
+
+    def _static(self):
+        return super()._static() + (self.max_tree_depth, self.max_tree_depth_warmup)
+
+    def _transition(self, logdensity_fn, warmup):
+        depth = self.max_tree_depth
+        if warmup and self.max_tree_depth_warmup is not None:
+            depth = self.max_tree_depth_warmup
+        return nuts_module.build_kernel(logdensity_fn, max_tree_depth=depth)
+
+    def _fields(self, info):
+        return {"accept_prob": info.acceptance_rate, "num_steps": info.num_integration_steps,
+                "tree_depth": info.num_trajectory_expansions, "diverging": info.is_divergent,
+                "turning": info.is_turning, "energy": info.energy,
+                "num_nonfinite": info.num_nonfinite}
+
+
+class HMC(_HamiltonianKernel):
+    """Hamiltonian Monte Carlo with a fixed number of steps or trajectory length, for
+    :class:`MCMC`.
+
+    Parameters
+    ----------
+    model, logdensity_fn, potential_fn, step_size, adapt_step_size, adapt_mass_matrix, \
+dense_mass, target_accept_prob, inverse_mass_matrix, init_strategy, adapt_per_chain
+        As for :class:`NUTS`.
+    num_steps : int, optional
+        Leapfrog steps per transition. When given, ``trajectory_length`` is ignored.
+    trajectory_length : float
+        Integration time per transition (default ``2 pi``): ``ceil(trajectory_length /
+        step_size)`` steps, at most 1024.
+
+    Raises
+    ------
+    NotImplementedError, ValueError
+        As :class:`NUTS`; also if ``num_steps`` is not a positive int or
+        ``trajectory_length`` is not positive.
+
+    References
+    ----------
+    Neal (2011), "MCMC using Hamiltonian dynamics", Handbook of MCMC, chapter 5.
+    """
+
+    _FIELDS = {"accept_prob": "float", "num_steps": "int", "diverging": "bool",
+               "accepted": "bool", "energy": "float", "num_nonfinite": "int"}
+
+    def __init__(self, model=None, logdensity_fn=None, potential_fn=None, step_size=1.0,
+                 num_steps=None, trajectory_length=2 * math.pi, adapt_step_size=True,
+                 adapt_mass_matrix=True, dense_mass=False, target_accept_prob=0.8,
+                 inverse_mass_matrix=None, init_strategy=None, adapt_per_chain=True):
+        super().__init__(model, logdensity_fn=logdensity_fn, potential_fn=potential_fn,
+                         step_size=step_size, adapt_step_size=adapt_step_size,
+                         adapt_mass_matrix=adapt_mass_matrix, dense_mass=dense_mass,
+                         target_accept_prob=target_accept_prob,
+                         inverse_mass_matrix=inverse_mass_matrix, init_strategy=init_strategy,
+                         adapt_per_chain=adapt_per_chain)
+        if num_steps is not None and (not isinstance(num_steps, int) or num_steps < 1):
+            raise ValueError(f"num_steps must be a positive int or None, got {num_steps!r}")
+        if num_steps is None and not (trajectory_length is not None and trajectory_length > 0):
+            raise ValueError("trajectory_length must be positive when num_steps is None, got "
+                             f"{trajectory_length!r}")
+        self.num_steps = num_steps
+        self.trajectory_length = None if num_steps is not None else float(trajectory_length)
+
+    def _static(self):
+        return super()._static() + (self.num_steps, self.trajectory_length)
+
+    def _transition(self, logdensity_fn, warmup):
+        return hmc_module.build_kernel(logdensity_fn, num_integration_steps=self.num_steps,
+                                       trajectory_length=self.trajectory_length)
+
+    def _fields(self, info):
+        return {"accept_prob": info.acceptance_rate, "num_steps": info.num_integration_steps,
+                "diverging": info.is_divergent, "accepted": info.is_accepted,
+                "energy": info.energy, "num_nonfinite": info.num_nonfinite}
+
+
+# --------------------------------------------------------------------------- pytrees
+def _path_name(path) -> str:
+    if not path:
+        return "x"
+    name = ""
+    for part in path:
+        if isinstance(part, (int, np.integer)):
+            name += f"[{int(part)}]"
+        else:
+            name += ("." if name else "") + str(part)
+    return name
+
+
+class _Structure:
+    """The pytree structure of one chain's parameters and its raveling to (d,)."""
+
+    def __init__(self, B, tree):
+        leaves, self.treedef = B.tree_flatten(tree)
+        if not leaves:
+            raise ValueError("init_params has no array leaves")
+        self.shapes = [tuple(B.shape(leaf)) for leaf in leaves]
+        self.sizes = [int(math.prod(s)) for s in self.shapes]
+        self.dim = sum(self.sizes)
+        self.leaf_names = [_path_name(p) for p in optree.tree_paths(tree, none_is_leaf=False)]
+        self.key = (self.treedef, tuple(self.shapes))
+
+    def coordinate_names(self) -> list:
+        names = []
+        for name, shape in zip(self.leaf_names, self.shapes, strict=True):
+            if not shape:
+                names.append(name)
+            else:
+                names.extend(f"{name}[{','.join(str(i) for i in idx)}]"
+                             for idx in np.ndindex(*shape))
+        return names
+
+    def ravel(self, B, tree, dtype):
+        leaves = B.tree_leaves(tree)
+        if [tuple(B.shape(leaf)) for leaf in leaves] != self.shapes:
+            raise ValueError("init_params leaves must have shapes "
+                             f"{self.shapes}; got {[B.shape(leaf) for leaf in leaves]}")
+        return B.concatenate([B.reshape(B.astype(B.asarray(leaf), dtype), (-1,))
+                              for leaf in leaves], axis=0)
+
+    def unravel(self, B, flat):
+        """Leaves of shape ``lead + shape`` from ``flat`` of shape ``lead + (d,)``."""
+        lead = tuple(B.shape(flat))[:-1]
+        if len(self.shapes) == 1:
+            return B.tree_unflatten(self.treedef, [B.reshape(flat, lead + self.shapes[0])])
+        out, start = [], 0
+        for shape, size in zip(self.shapes, self.sizes, strict=True):
+            out.append(B.reshape(flat[..., start:start + size], lead + shape))
+            start += size
+        return B.tree_unflatten(self.treedef, out)
+
+
+def _is_batched(B, init_params, num_chains) -> bool:
+    """Whether ``init_params`` carries a leading chain axis (see MCMC.run)."""
+    if num_chains == 1:
+        leaves = B.tree_leaves(init_params)
+        single = len(leaves) == 1 and B.is_array(init_params)
+        if single and B.ndim(init_params) == 2 and B.shape(init_params)[0] == 1:
+            return True
+        return False
+    leaves = [B.asarray(leaf) for leaf in B.tree_leaves(init_params)]
+    if len(leaves) == 1 and B.ndim(leaves[0]) == 1 and not isinstance(init_params, (dict, list,
+                                                                                     tuple)):
+        return False
+    return all(B.ndim(leaf) >= 1 and B.shape(leaf)[0] == num_chains for leaf in leaves)
+
+
+# --------------------------------------------------------------------------- helpers
+def _as_key(B, key):
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        return B.key(int(key))
+    return key
+
+
+def _fold(B, keys_host, data):
+    """Keys ``fold_in(k, data)`` of the host keys ``keys_host`` (n, 2) as a backend (n, 2)."""
+    return B.asarray(np.stack([B.key_data(B.fold_in(k, data)) for k in keys_host]))
+
+
+def _progress(enabled: bool, total: int, desc: str):
+    if not enabled or total <= 0:
+        return None
+    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
+    if not interactive:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:        # tqdm is optional: no bar
+        return None
+    return tqdm(total=total, desc=desc, leave=True)
+
+
+def _nonfinite_message(structure, x, logdensity, grad, chain, tries) -> str:
+    names = structure.coordinate_names()
+    bad_x = ~np.isfinite(x)
+    bad_g = ~np.isfinite(grad)
+    if bad_x.any():
+        j = int(np.argmax(bad_x))
+        what = "the initial value itself is non-finite"
+    elif not np.isfinite(logdensity):
+        j = int(np.argmax(bad_g)) if bad_g.any() else int(np.argmax(np.abs(x)))
+        what = f"the log density is non-finite ({logdensity})"
+        if bad_g.any():
+            what += " and so is its gradient"
+    else:
+        j = int(np.argmax(bad_g))
+        what = f"the log density is finite ({logdensity:.6g}) but its gradient is non-finite"
+    tried = f" after {tries} uniform(-2, 2) draws" if tries else ""
+    return (f"no finite initial point for chain {chain}{tried}: {what}; at coordinate "
+            f"{names[j]} (flat index {j}) = {x[j]!r}, gradient {grad[j]!r}. Check the log "
+            "density's support and init_params (or pass init_strategy='uniform').")
+
+
+# --------------------------------------------------------------------------- the driver
+class MCMC:
+    """Run warmup and sampling of an HMC or NUTS kernel for a batch of chains.
+
+    Parameters
+    ----------
+    kernel : NUTS or HMC
+        The kernel with its settings (it keeps the backend active when it was built).
+    num_warmup : int
+        Warmup (adaptation) transitions per chain, discarded.
+    num_samples : int
+        Draws kept per chain (after thinning).
+    num_chains : int
+        Number of chains.
+    chain_method : {"vectorized", "sequential"}
+        ``"vectorized"``: all chains in one batched computation (positions (C, d));
+        ``"sequential"``: one chain after another, each a one-chain run with key
+        ``fold_in(key, c)`` (the same draws as ``"vectorized"``, up to rounding; often faster
+        on the eager backends, where one chain needs no ``vmap``).
+    thinning : int
+        Keep every ``thinning``-th draw (``num_samples * thinning`` transitions are run).
+    progress_bar : bool
+        Show a tqdm bar (only when tqdm is installed and stderr is a terminal or notebook).
+    chunk_size : int, optional
+        Transitions per compiled call (and per progress-bar update, and the granularity at
+        which Ctrl-C keeps the draws). Default: 100 on backends that compile, else 10.
+
+    Raises
+    ------
+    ValueError
+        If a count is negative, ``num_chains`` or ``thinning`` is not positive, or
+        ``chain_method`` is unknown.
+    TypeError
+        If ``kernel`` is not an :class:`NUTS` or :class:`HMC`.
+
+    Notes
+    -----
+    After :meth:`run`: :meth:`get_samples`, :meth:`get_extra_fields`, :meth:`print_summary`,
+    :meth:`to_arviz`, :attr:`last_state` (an :class:`MCMCState` to continue from: set
+    ``mcmc.post_warmup_state = mcmc.last_state`` and call :meth:`run` again) and
+    :attr:`adapted_params` (the step size and inverse mass matrix reached by warmup, to seed a
+    kernel with ``adapt_step_size=False, adapt_mass_matrix=False``).
+
+    References
+    ----------
+    Phan et al. (2019), arXiv:1912.11554 (NumPyro's ``MCMC``); Stan Reference Manual.
+    """
+
+    def __init__(self, kernel, num_warmup, num_samples, num_chains=1,
+                 chain_method="vectorized", thinning=1, progress_bar=True, chunk_size=None):
+        if not isinstance(kernel, _HamiltonianKernel):
+            raise TypeError("kernel must be an agvi.infer.mcmc NUTS or HMC object, got "
+                            f"{type(kernel).__name__}")
+        for name, value, low in (("num_warmup", num_warmup, 0), ("num_samples", num_samples, 0),
+                                 ("num_chains", num_chains, 1), ("thinning", thinning, 1)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        if chain_method not in ("vectorized", "sequential"):
+            raise ValueError("chain_method must be 'vectorized' or 'sequential', got "
+                             f"{chain_method!r}")
+        if chain_method == "sequential" and not kernel.adapt_per_chain and num_chains > 1:
+            raise ValueError("pooled adaptation (adapt_per_chain=False) needs "
+                             "chain_method='vectorized': sequential chains cannot share it")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        self.kernel = kernel
+        self.num_warmup = int(num_warmup)
+        self.num_samples = int(num_samples)
+        self.num_chains = int(num_chains)
+        self.chain_method = chain_method
+        self.thinning = int(thinning)
+        self.progress_bar = bool(progress_bar)
+        self.chunk_size = chunk_size
+        self.post_warmup_state = None
+        self.last_state = None
+        self._structure = None
+        self._samples = None
+        self._extra = None
+        self._stats = None
+
+    # ----------------------------------------------------------------------- public API
+    def warmup(self, key, *args, init_params=None):
+        """Run warmup only; the adapted state becomes :attr:`post_warmup_state`.
+
+        A following :meth:`run` skips warmup and samples from there (with ``run``'s key; the
+        same key gives the same draws as one ``run`` with warmup).
+
+        Parameters
+        ----------
+        key : Array or int
+            A random key (``B.key(seed)``) or an int seed.
+        *args
+            Extra positional arguments of the log density (data).
+        init_params : pytree, optional
+            As for :meth:`run`.
+        """
+        self._execute(key, args, init_params, (), do_warmup=True, do_sample=False)
+
+    def run(self, key, *args, init_params=None, extra_fields=()):
+        """Run warmup (unless :attr:`post_warmup_state` is set) and sampling.
+
+        Parameters
+        ----------
+        key : Array or int
+            A random key (``B.key(seed)``) or an int seed. Chain ``c`` uses
+            ``B.fold_in(key, c)`` only.
+        *args
+            Extra positional arguments passed to the log density after the parameters (data).
+            On JAX they are arguments of the compiled program: a new run with arrays of the
+            same shapes does not recompile.
+        init_params : pytree of Arrays, optional
+            The initial point of one chain (broadcast to all chains), or with a leading axis of
+            length ``num_chains`` on every leaf (one point per chain; a single 1-d Array is
+            always one point). Required unless continuing from :attr:`post_warmup_state`;
+            with ``init_strategy="uniform"`` or ``"zeros"`` only its structure is used.
+        extra_fields : tuple of str
+            Per-draw quantities to keep besides the default ones (``accept_prob``,
+            ``num_steps``, ``diverging``, ``energy``, ``num_nonfinite``, ``logdensity``,
+            ``step_size``, and ``tree_depth``, ``turning`` for NUTS or ``accepted`` for HMC):
+            ``"momentum"``, ``"logdensity_grad"`` ((C, d) each) or ``"potential_energy"``.
+
+        Raises
+        ------
+        ValueError
+            If no initial point is available, its shapes do not match, no finite initial
+            point is found (the message names the coordinate, its value and whether the log
+            density or its gradient was non-finite), or an extra field is unknown.
+        """
+        self._execute(key, args, init_params, tuple(extra_fields),
+                      do_warmup=self.post_warmup_state is None, do_sample=True)
+
+    def get_samples(self, group_by_chain: bool = False):
+        """The draws, in the structure of ``init_params``.
+
+        Parameters
+        ----------
+        group_by_chain : bool
+            Leaves of shape (num_chains, num_samples, ...) when True, else the chains
+            concatenated: (num_chains * num_samples, ...).
+
+        Returns
+        -------
+        pytree of Arrays (the backend's arrays).
+
+        Raises
+        ------
+        RuntimeError
+            Before :meth:`run`.
+        """
+        flat = self._flat_samples(group_by_chain)
+        with use_backend(self.kernel.backend) as B:
+            return self._structure.unravel(B, flat)
+
+    def get_extra_fields(self, group_by_chain: bool = False) -> dict:
+        """Per-draw statistics: ``{name: Array}`` of shape (C, N, ...) or (C * N, ...).
+
+        See :meth:`run` for the names. ``accept_prob`` is Stan's ``accept_stat__`` (NUTS: the
+        mean Metropolis acceptance over the trajectory), ``tree_depth`` counts doublings,
+        ``num_steps`` leapfrog steps (gradient evaluations).
+        """
+        if self._extra is None:
+            raise RuntimeError("no draws yet: call run() first")
+        B = self.kernel.backend
+        out = {}
+        for name, value in self._extra.items():
+            if not group_by_chain:
+                shape = B.shape(value)
+                value = B.reshape(value, (shape[0] * shape[1],) + tuple(shape[2:]))
+            out[name] = value
+        return out
+
+    @property
+    def adapted_params(self) -> dict:
+        """The step size (C,) and inverse mass matrix ((C, d) or (C, d, d)) after warmup (or of
+        the last state when warmup was skipped)."""
+        state = self.post_warmup_state if self.post_warmup_state is not None else self.last_state
+        if state is None:
+            raise RuntimeError("no adapted parameters yet: call warmup() or run() first")
+        return {"step_size": state.step_size, "inverse_mass_matrix": state.inverse_mass_matrix}
+
+    def summary(self, prob: float = 0.9) -> dict:
+        """:func:`~.diagnostics.summary` of the draws (one row per scalar coordinate)."""
+        from .diagnostics import summary
+        return summary(self._host_samples(), prob=prob)
+
+    def print_summary(self, prob: float = 0.9) -> None:
+        """Print the summary table, the divergences after warmup ("k of N (p%)"), the gradient
+        evaluations and the non-finite values met, per chain."""
+        print(self._format_summary(prob))
+
+    def _format_summary(self, prob=0.9) -> str:
+        lines = [format_summary(self._host_samples(), prob=prob), ""]
+        s = self._stats
+        transitions = self.num_chains * self._num_transitions
+        div = int(s["sample_divergent"].sum())
+        pct = 100.0 * div / transitions if transitions else 0.0
+        lines.append(f"Number of divergences after warmup: {div} of {transitions} ({pct:.1f}%)")
+        lines.append(f"Gradient evaluations: {int(s['warmup_steps'].sum())} in warmup, "
+                     f"{int(s['sample_steps'].sum())} in sampling")
+        nonfinite = s["warmup_nonfinite"] + s["sample_nonfinite"]
+        if nonfinite.any():
+            lines.append("Transitions that met a non-finite log density or gradient, per chain: "
+                         f"{nonfinite.tolist()} (warmup {s['warmup_nonfinite'].tolist()}, "
+                         f"sampling {s['sample_nonfinite'].tolist()})")
+        else:
+            lines.append("Non-finite log density or gradient: none met")
+        return "\n".join(lines)
+
+    def to_arviz(self):
+        """The draws and sample statistics as an ``arviz.InferenceData``.
+
+        Raises
+        ------
+        ImportError
+            If ArviZ is not installed (``pip install arviz``).
+        """
+        try:
+            import arviz as az
+        except ImportError as exc:
+            raise ImportError("MCMC.to_arviz needs ArviZ, which is not installed: "
+                              "pip install arviz") from exc
+        posterior = self._host_samples()
+        B = self.kernel.backend
+        stats = {}
+        for name, value in self.get_extra_fields(group_by_chain=True).items():
+            if name in _ARVIZ_STATS:
+                stats[_ARVIZ_STATS[name]] = B.to_numpy(value)
+        return az.from_dict(posterior=posterior, sample_stats=stats)
+
+    # ----------------------------------------------------------------------- internals
+    def _flat_samples(self, group_by_chain):
+        if self._samples is None:
+            raise RuntimeError("no draws yet: call run() first")
+        B = self.kernel.backend
+        flat = self._samples
+        if not group_by_chain:
+            c, n, d = B.shape(flat)
+            flat = B.reshape(flat, (c * n, d))
+        return flat
+
+    def _host_samples(self) -> dict:
+        B = self.kernel.backend
+        flat = B.to_numpy(self._flat_samples(True))
+        out, start = {}, 0
+        s = self._structure
+        for name, shape, size in zip(s.leaf_names, s.shapes, s.sizes, strict=True):
+            out[name] = flat[..., start:start + size].reshape(flat.shape[:2] + shape)
+            start += size
+        return out
+
+    def _chunk(self, B) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return 100 if B.has_jit else 10
+
+    def _execute(self, key, args, init_params, extra_fields, do_warmup, do_sample):
+        kernel = self.kernel
+        B = kernel.backend
+        allowed = ("momentum", "logdensity_grad", "potential_energy")
+        for name in extra_fields:
+            if name not in allowed and name not in kernel._FIELDS and name not in (
+                    "logdensity", "step_size"):
+                raise ValueError(f"unknown extra field {name!r}; recorded always: "
+                                 f"{sorted(kernel._FIELDS) + ['logdensity', 'step_size']}; "
+                                 f"on request: {list(allowed)}")
+        with use_backend(B):
+            key = _as_key(B, key)
+            start = self.post_warmup_state if not do_warmup else None
+            if init_params is not None:
+                batched = _is_batched(B, init_params, self.num_chains)
+                one = (B.tree_map(lambda leaf: B.asarray(leaf)[0], init_params) if batched
+                       else init_params)
+                self._structure = _Structure(B, one)
+            elif start is None:
+                raise ValueError("init_params is required with logdensity_fn/potential_fn: it "
+                                 "gives the structure and the starting point of one chain")
+            elif self._structure is None:
+                raise ValueError("post_warmup_state is set but the parameter structure is "
+                                 "unknown: pass init_params")
+            if start is not None and B.shape(start.hmc_state.position)[0] != self.num_chains:
+                raise ValueError("post_warmup_state holds "
+                                 f"{B.shape(start.hmc_state.position)[0]} chains but "
+                                 f"num_chains={self.num_chains}")
+            dtype = B.float_dtype
+            init_flat = None
+            if start is None:
+                if init_params is None:
+                    raise ValueError("init_params is required to start warmup")
+                if batched:
+                    init_flat = B.stack([self._structure.ravel(
+                        B, B.tree_map(lambda leaf, c=c: B.asarray(leaf)[c], init_params), dtype)
+                        for c in range(self.num_chains)])
+                else:
+                    init_flat = B.stack([self._structure.ravel(B, init_params, dtype)]
+                                        * self.num_chains)
+            chain_keys = [B.key_data(B.fold_in(key, c)) for c in range(self.num_chains)]
+            if self.chain_method == "vectorized" or self.num_chains == 1:
+                groups = [list(range(self.num_chains))]
+            else:
+                groups = [[c] for c in range(self.num_chains)]
+            results = []
+            interrupted = False
+            for chains in groups:
+                sub_start = None if start is None else B.tree_map(
+                    lambda leaf, chains=chains: leaf[chains[0]:chains[-1] + 1], start)
+                sub_init = None if init_flat is None else init_flat[chains[0]:chains[-1] + 1]
+                res = self._run_chains(B, chains, [chain_keys[c] for c in chains], sub_init,
+                                       sub_start, args, extra_fields, do_warmup, do_sample)
+                results.append(res)
+                if res["interrupted"]:
+                    interrupted = True
+                    break
+            self._collect(B, results, do_warmup, do_sample, interrupted)
+
+    def _collect(self, B, results, do_warmup, do_sample, interrupted):
+        done = sum(len(r["chains"]) for r in results)
+        if done < self.num_chains:
+            warnings.warn(f"interrupted: only {done} of {self.num_chains} chains ran; the "
+                          "results hold those chains", UserWarning, stacklevel=3)
+
+        def cat(items):
+            return items[0] if len(items) == 1 else B.concatenate(items, axis=0)
+
+        state = MCMCState(*[
+            (B.tree_map(lambda *leaves: cat(list(leaves)), *[r["state"][i] for r in results])
+             if i == 0 else cat([r["state"][i] for r in results])) for i in range(3)])
+        self.last_state = state
+        if do_warmup:
+            self.post_warmup_state = state
+            self._warmup_stats = {k: np.concatenate([r["warmup"][k] for r in results])
+                                  for k in results[0]["warmup"]}
+        elif getattr(self, "_warmup_stats", None) is None:
+            self._warmup_stats = {k: np.zeros(len(state.step_size), dtype=np.int64)
+                                  for k in ("divergent", "steps", "nonfinite")}
+        if not do_sample:
+            return
+        lengths = [B.shape(r["samples"])[1] for r in results]
+        n = min(lengths)
+        self._samples = cat([r["samples"][:, :n] for r in results])
+        self._extra = {name: cat([r["extra"][name][:, :n] for r in results])
+                       for name in results[0]["extra"]}
+        self._num_transitions = n * self.thinning
+        w = self._warmup_stats
+        self._stats = {
+            "warmup_divergent": w["divergent"], "warmup_steps": w["steps"],
+            "warmup_nonfinite": w["nonfinite"],
+            "sample_divergent": np.concatenate([r["sample"]["divergent"] for r in results]),
+            "sample_steps": np.concatenate([r["sample"]["steps"] for r in results]),
+            "sample_nonfinite": np.concatenate([r["sample"]["nonfinite"] for r in results]),
+        }
+
+    # one batch of chains ----------------------------------------------------------------------
+    def _compiled(self, B, kind, num_chains, extra_fields):
+        """The (cached) compiled functions of one kind for this structure and batch size."""
+        kernel = self.kernel
+        key = (kind, num_chains, self._structure.key, self._chunk(B), self.thinning,
+               extra_fields, kernel._static())
+        fn = kernel._cache.get(key)
+        if fn is None:
+            builder = {"init": self._build_init, "warmup_init": self._build_warmup_init,
+                       "warmup": self._build_warmup, "sample": self._build_sample}[kind]
+            fn = B.jit(builder(B, num_chains, extra_fields))
+            kernel._cache[key] = fn
+        return fn
+
+    def _flat_logdensity(self, B, args):
+        structure = self._structure
+        logdensity_fn = self.kernel.logdensity_fn
+
+        def flat(x):
+            return logdensity_fn(structure.unravel(B, x), *args)
+
+        return flat
+
+    def _build_init(self, B, num_chains, extra_fields):
+        def init(position, args):
+            return hmc_module.init(position, self._flat_logdensity(B, args))
+        return init
+
+    def _build_warmup_init(self, B, num_chains, extra_fields):
+        kernel = self.kernel
+
+        def warmup_init(keys, state, step_size, inverse_mass_matrix, args):
+            if not kernel.adapt_step_size:
+                return step_size
+            ldg = logdensity_and_grad_fn(self._flat_logdensity(B, args))
+            eps = find_reasonable_step_size(keys, state, None, inverse_mass_matrix, step_size,
+                                            logdensity_and_grad=ldg)
+            if not kernel.adapt_per_chain:
+                eps = B.broadcast_to(B.exp(B.mean(B.log(eps), keepdims=True)), (num_chains,))
+            return eps
+        return warmup_init
+
+    def _adaptation(self):
+        kernel = self.kernel
+        da = dual_averaging(target_accept_prob=kernel.target_accept_prob)
+        welford = welford_covariance() if kernel.dense_mass else welford_variance()
+        return da, welford
+
+    def _build_warmup(self, B, num_chains, extra_fields):
+        kernel = self.kernel
+        (da_init, da_update, _), (w_init, w_update, w_final) = self._adaptation()
+        groups = num_chains if kernel.adapt_per_chain else 1
+        int_dtype = B.int_dtype
+
+        def warmup_chunk(carry, xs, args):
+            logdensity = self._flat_logdensity(B, args)
+            transition = kernel._transition(logdensity, warmup=True)
+            ldg = logdensity_and_grad_fn(logdensity)
+
+            def end_window(operands):
+                state, keys, welford, imm, step_size, da = operands
+                old = imm if kernel.adapt_per_chain else imm[:1]
+                new_imm = w_final(welford, default=old)
+                if not kernel.adapt_per_chain:
+                    new_imm = B.broadcast_to(new_imm, B.shape(imm))
+                welford = w_init(groups, B.shape(state.position)[-1], B.dtype_of(imm))
+                if kernel.adapt_step_size:
+                    keys = B.map(lambda k: B.asarray(B.fold_in(k, 1)), keys)
+                    step_size = find_reasonable_step_size(keys, state, None, new_imm, step_size,
+                                                          logdensity_and_grad=ldg)
+                    if not kernel.adapt_per_chain:
+                        step_size = B.broadcast_to(
+                            B.exp(B.mean(B.log(step_size), keepdims=True)), (num_chains,))
+                    da = da_init(step_size if kernel.adapt_per_chain else step_size[:1])
+                return welford, new_imm, step_size, da
+
+            def keep_window(operands):
+                return operands[2:]
+
+            def add_draw(welford, position):
+                return w_update(welford, position)
+
+            def skip_draw(welford, position):
+                return welford
+
+            def step(carry, x):
+                keys = B.map(lambda k: B.asarray(B.fold_in(k, x["t"])), carry.keys)
+                state, info = transition(keys, carry.state, carry.step_size,
+                                         carry.inverse_mass_matrix)
+                fields = kernel._fields(info)
+                da, step_size = carry.dual_averaging, carry.step_size
+                welford, imm = carry.welford, carry.inverse_mass_matrix
+                if kernel.adapt_step_size:
+                    accept = fields["accept_prob"]
+                    if not kernel.adapt_per_chain:
+                        accept = B.mean(accept, keepdims=True)
+                    da = da_update(da, accept)
+                    step_size = B.broadcast_to(B.exp(da.log_step_size), (num_chains,))
+                if kernel.adapt_mass_matrix:
+                    welford = B.cond(x["slow"], add_draw, skip_draw, welford, state.position)
+                    welford, imm, step_size, da = B.cond(
+                        x["window_end"], end_window, keep_window,
+                        (state, keys, welford, imm, step_size, da))
+                return _WarmupCarry(
+                    state, step_size, imm, da, welford, carry.keys,
+                    carry.num_divergent + B.astype(fields["diverging"], int_dtype),
+                    carry.num_steps + B.astype(fields["num_steps"], int_dtype),
+                    carry.num_nonfinite + B.astype(fields["num_nonfinite"], int_dtype))
+
+            def skip(carry, x):
+                return carry
+
+            def body(carry, x):
+                return B.cond(x["valid"], step, skip, carry, x), None
+
+            carry, _ = B.scan(body, carry, xs)
+            return carry
+
+        return warmup_chunk
+
+    def _build_sample(self, B, num_chains, extra_fields):
+        kernel = self.kernel
+        int_dtype, float_dtype, bool_dtype = B.int_dtype, B.float_dtype, B.dtype("bool")
+        dtypes = {"float": float_dtype, "int": int_dtype, "bool": bool_dtype}
+        thinning = self.thinning
+        want_momentum = "momentum" in extra_fields
+        want_grad = "logdensity_grad" in extra_fields
+
+        def sample_chunk(carry, xs, args):
+            logdensity = self._flat_logdensity(B, args)
+            transition = kernel._transition(logdensity, warmup=False)
+
+            def one(carry, t):
+                keys = B.map(lambda k: B.asarray(B.fold_in(k, t)), carry.keys)
+                state, info = transition(keys, carry.state, carry.step_size,
+                                         carry.inverse_mass_matrix)
+                fields = {name: B.astype(value, dtypes[kernel._FIELDS[name]])
+                          for name, value in kernel._fields(info).items()}
+                carry = carry._replace(
+                    state=state,
+                    num_divergent=carry.num_divergent + B.astype(fields["diverging"], int_dtype),
+                    num_steps=carry.num_steps + B.astype(fields["num_steps"], int_dtype),
+                    num_nonfinite=carry.num_nonfinite + B.astype(fields["num_nonfinite"],
+                                                                 int_dtype))
+                y = dict(fields)
+                if want_momentum:
+                    y["momentum"] = info.momentum
+                return carry, y
+
+            def record(carry, y):
+                out = {"position": carry.state.position, "logdensity": carry.state.logdensity,
+                       "step_size": carry.step_size, **y}
+                if want_grad:
+                    out["logdensity_grad"] = carry.state.logdensity_grad
+                return out
+
+            def step(carry, x):
+                if thinning == 1:
+                    carry, y = one(carry, x["t"])
+                else:
+                    carry, ys = B.scan(one, carry, x["t"] * thinning + B.arange(thinning))
+                    y = B.tree_map(lambda leaf: leaf[-1], ys)
+                return carry, record(carry, y)
+
+            def skip(carry, x):
+                position = carry.state.position
+                y = {name: B.zeros((num_chains,), dtype=dtypes[kind])
+                     for name, kind in kernel._FIELDS.items()}
+                if want_momentum:
+                    y["momentum"] = B.zeros_like(position)
+                return carry, record(carry, y)
+
+            def body(carry, x):
+                return B.cond(x["valid"], step, skip, carry, x)
+
+            return B.scan(body, carry, xs)
+
+        return sample_chunk
+
+    def _drive(self, B, fn, carry, total, args, phase, chain_label, flags=None):
+        """Run ``fn`` chunk by chunk over ``total`` transitions; returns (carry, outputs,
+        transitions done, interrupted)."""
+        length = self._chunk(B)
+        num_chunks = -(-total // length) if total else 0
+        padded = num_chunks * length
+        t = np.arange(padded)
+        valid = t < total
+        host = {"t": t, "valid": valid}
+        for name, values in (flags or {}).items():
+            host[name] = np.concatenate([values, np.zeros(padded - total, dtype=values.dtype)])
+        bar = _progress(self.progress_bar, total, f"{phase}{chain_label}")
+        outputs, done, interrupted = [], 0, False
+        try:
+            for i in range(num_chunks):
+                xs = {name: B.asarray(v[i * length:(i + 1) * length]) for name, v in host.items()}
+                try:
+                    if phase == "sample":
+                        new_carry, ys = fn(carry, xs, args)
+                    else:
+                        new_carry, ys = fn(carry, xs, args), None
+                    # a host sync here makes Ctrl-C land between chunks on async backends
+                    divergent = int(B.to_numpy(new_carry.num_divergent).sum())
+                except KeyboardInterrupt:
+                    interrupted = True
+                    warnings.warn(f"interrupted during {phase}: keeping the {done} transitions "
+                                  "completed so far", UserWarning, stacklevel=4)
+                    break
+                carry = new_carry
+                if ys is not None:
+                    outputs.append(ys)
+                step = min(length, total - done)
+                done += step
+                if bar is not None:
+                    bar.set_postfix(divergences=divergent, refresh=False)
+                    bar.update(step)
+        finally:
+            if bar is not None:
+                bar.close()
+        return carry, outputs, done, interrupted
+
+    def _run_chains(self, B, chains, chain_keys, init_flat, start, args, extra_fields,
+                    do_warmup, do_sample):
+        kernel = self.kernel
+        n = len(chains)
+        dtype = B.float_dtype
+        label = f" (chain {chains[0]})" if n == 1 and self.num_chains > 1 else ""
+        zeros_int = B.zeros((n,), dtype=B.int_dtype)
+        interrupted = False
+        warmup_stats = None
+        if start is None:
+            state, init_flat = self._initial_state(B, chains, chain_keys, init_flat, args)
+            dim = B.shape(init_flat)[-1]
+            step_size = kernel._initial_step_size(chains, dtype)
+            imm = kernel._initial_inverse_mass_matrix(chains, dim, self.num_chains, dtype)
+            if do_warmup and self.num_warmup > 0:
+                warmup_init = self._compiled(B, "warmup_init", n, ())
+                step_size = warmup_init(_fold(B, chain_keys, 3), state, step_size, imm, args)
+                (da_init, _, da_final), (w_init, _, _) = self._adaptation()
+                groups = n if kernel.adapt_per_chain else 1
+                carry = _WarmupCarry(
+                    state, step_size, imm,
+                    da_init(step_size if kernel.adapt_per_chain else step_size[:1]),
+                    w_init(groups, dim, dtype), _fold(B, chain_keys, 0),
+                    zeros_int, zeros_int, zeros_int)
+                if kernel.adapt_mass_matrix:
+                    windows = windowed_schedule(self.num_warmup)
+                else:
+                    windows = [AdaptationWindow(0, self.num_warmup - 1, False)]
+                flags = schedule_arrays(windows, self.num_warmup)
+                fn = self._compiled(B, "warmup", n, ())
+                carry, _, done, interrupted = self._drive(B, fn, carry, self.num_warmup, args,
+                                                          "warmup", label, flags)
+                step_size = carry.step_size
+                if kernel.adapt_step_size and done == self.num_warmup:
+                    final = da_final(carry.dual_averaging)
+                    step_size = B.broadcast_to(final, (n,))
+                state, imm = carry.state, carry.inverse_mass_matrix
+                warmup_stats = {"divergent": B.to_numpy(carry.num_divergent),
+                                "steps": B.to_numpy(carry.num_steps),
+                                "nonfinite": B.to_numpy(carry.num_nonfinite)}
+            start = MCMCState(state, step_size, imm)
+        if warmup_stats is None:
+            warmup_stats = {k: np.zeros(n, dtype=np.int64)
+                            for k in ("divergent", "steps", "nonfinite")}
+        result = {"chains": chains, "state": start, "warmup": warmup_stats,
+                  "interrupted": interrupted}
+        if not do_sample or interrupted:
+            dim = B.shape(start.hmc_state.position)[-1]
+            result.update(samples=B.zeros((n, 0, dim), dtype=dtype), extra={},
+                          sample={k: np.zeros(n, dtype=np.int64)
+                                  for k in ("divergent", "steps", "nonfinite")})
+            return result
+        carry = _SampleCarry(start.hmc_state, start.step_size, start.inverse_mass_matrix,
+                             _fold(B, chain_keys, 1), zeros_int, zeros_int, zeros_int)
+        fn = self._compiled(B, "sample", n, extra_fields)
+        carry, outputs, done, interrupted = self._drive(B, fn, carry, self.num_samples, args,
+                                                        "sample", label)
+        result["interrupted"] = interrupted
+        result["state"] = MCMCState(carry.state, carry.step_size, carry.inverse_mass_matrix)
+        result["sample"] = {"divergent": B.to_numpy(carry.num_divergent),
+                            "steps": B.to_numpy(carry.num_steps),
+                            "nonfinite": B.to_numpy(carry.num_nonfinite)}
+        dim = B.shape(start.hmc_state.position)[-1]
+        if outputs:
+            ys = {name: B.concatenate([o[name] for o in outputs], axis=0)[:done]
+                  for name in outputs[0]}
+            ys = {name: B.moveaxis(value, 0, 1) for name, value in ys.items()}
+        else:
+            ys = {}
+        result["samples"] = ys.pop("position") if ys else B.zeros((n, 0, dim), dtype=dtype)
+        if "potential_energy" in extra_fields and ys:
+            ys["potential_energy"] = -ys["logdensity"]
+        result["extra"] = ys
+        return result
+
+    def _initial_state(self, B, chains, chain_keys, init_flat, args):
+        """Initial HMC states of the chains, trying uniform draws where asked."""
+        kernel = self.kernel
+        structure = self._structure
+        init = self._compiled(B, "init", len(chains), ())
+        dim = B.shape(init_flat)[-1]
+        strategy = kernel.init_strategy
+        position = init_flat
+        if strategy == "zeros":
+            position = B.zeros_like(init_flat)
+        tries = 0
+
+        def draw(attempt):
+            keys = _fold(B, [B.key_data(B.fold_in(k, 2)) for k in chain_keys], attempt)
+            return B.map(lambda k: B.uniform(k, (dim,), dtype=B.dtype_of(init_flat),
+                                             minval=-_INIT_RADIUS, maxval=_INIT_RADIUS), keys)
+
+        if strategy == "uniform":
+            position = draw(0)
+        state = init(position, args)
+        while True:
+            ld = B.to_numpy(state.logdensity)
+            grad = B.to_numpy(state.logdensity_grad)
+            bad = ~(np.isfinite(ld) & np.all(np.isfinite(grad), axis=-1))
+            if not bad.any():
+                return state, position
+            if strategy != "uniform" or tries >= _INIT_TRIES:
+                c = int(np.argmax(bad))
+                raise ValueError(_nonfinite_message(structure, B.to_numpy(position)[c], ld[c],
+                                                    grad[c], chains[c], tries))
+            tries += 1
+            mask = B.asarray(bad)
+            position = B.where(mask[:, None], draw(tries), position)
+            state = init(position, args)

@@ -1,0 +1,47 @@
+"""Shared pytest fixtures.
+
+``backend`` runs a test once per installed backend and precision (ids such as
+``numpy-float64``). Two environment variables narrow or move the run (the nox sessions use them):
+
+- ``AGVI_TEST_BACKENDS``: a comma-separated list of backend names (e.g. ``numpy,jax``); a listed
+  backend whose framework is not installed is skipped with a reason.
+- ``AGVI_TEST_DEVICE``: the device every backend is built with (e.g. ``cuda``); a backend that
+  cannot use it here (NumPy, or no GPU present) is skipped with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from agvi.backends import available_backends, known_backends, make_backend
+
+PRECISIONS = ("float32", "float64")
+
+
+def _requested_backends() -> list:
+    env = os.environ.get("AGVI_TEST_BACKENDS", "").strip()
+    if env:
+        return [name.strip().lower() for name in env.split(",") if name.strip()]
+    return available_backends()
+
+
+def _backend_params() -> list:
+    return [pytest.param((name, precision), id=f"{name}-{precision}")
+            for name in _requested_backends() for precision in PRECISIONS]
+
+
+@pytest.fixture(scope="session", params=_backend_params())
+def backend(request):
+    """A Backend object for one (name, precision) pair, on ``AGVI_TEST_DEVICE`` if set."""
+    name, precision = request.param
+    if name in known_backends() and name not in available_backends():
+        pytest.skip(f"backend {name!r} is not installed here (AGVI_TEST_BACKENDS lists it)")
+    device = os.environ.get("AGVI_TEST_DEVICE") or None
+    try:
+        return make_backend(name, precision=precision, device=device)
+    except ValueError as exc:
+        if device is not None:
+            pytest.skip(f"backend {name!r} cannot use device {device!r} here: {exc}")
+        raise
