@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_key", "fold_in", "generator", "key", "seed_int", "split"]
+__all__ = [
+    "as_key", "binomial", "fold_in", "generator", "key", "normal", "permutation", "poisson",
+    "randint", "seed_int", "split", "standard_gamma", "uniform",
+]
 
 _MASK32 = 0xFFFFFFFF
 
@@ -83,3 +86,55 @@ def seed_int(k) -> int:
 def generator(k) -> np.random.Generator:
     """A NumPy Philox generator keyed by ``k`` (counter at zero)."""
     return np.random.Generator(np.random.Philox(key=seed_int(k)))
+
+
+# --- draws -----------------------------------------------------------------------------------
+# The one host implementation of every primitive draw: the NumPy backend, the torch backend on
+# the CPU and agvi.testing.SharedNoise all call these, so their numbers are identical.
+def normal(k, shape, dtype=np.float64) -> np.ndarray:
+    """Standard normal draws of ``shape`` in ``dtype`` (drawn in float64, then rounded)."""
+    return np.asarray(generator(k).standard_normal(tuple(shape)), dtype=dtype)
+
+
+def uniform(k, shape, dtype=np.float64, minval=0.0, maxval=1.0) -> np.ndarray:
+    """Uniform draws on [minval, maxval) of ``shape`` in ``dtype``.
+
+    Drawn in float64 and rounded; a value that rounds up to ``maxval`` (about one in 2**25
+    draws in float32) is moved to the largest ``dtype`` value below it, so that derived draws
+    such as ``-log1p(-u)`` stay finite.
+    """
+    u = generator(k).random(tuple(shape))
+    out = np.asarray(minval + (maxval - minval) * u, dtype=dtype)
+    hi = np.asarray(maxval, dtype=dtype)
+    below = np.nextafter(hi, np.asarray(minval, dtype=dtype))
+    return np.where(out < hi, out, below).astype(dtype, copy=False)
+
+
+def standard_gamma(k, alpha, shape, dtype=np.float64) -> np.ndarray:
+    """Gamma(alpha, 1) draws of ``shape`` (``alpha`` broadcast to it) in ``dtype``."""
+    a = np.broadcast_to(np.asarray(alpha, dtype=np.float64), tuple(shape))
+    return np.asarray(generator(k).standard_gamma(a), dtype=dtype)
+
+
+def poisson(k, rate, shape, dtype=np.float64) -> np.ndarray:
+    """Poisson draws of ``shape`` (``rate`` broadcast to it) as ``dtype`` values."""
+    r = np.broadcast_to(np.asarray(rate, dtype=np.float64), tuple(shape))
+    return np.asarray(generator(k).poisson(r), dtype=dtype)
+
+
+def binomial(k, total_count, probs, shape, dtype=np.float64) -> np.ndarray:
+    """Binomial draws of ``shape`` (parameters broadcast to it) as ``dtype`` values."""
+    n = np.broadcast_to(np.asarray(total_count), tuple(shape)).astype(np.int64)
+    p = np.broadcast_to(np.asarray(probs, dtype=np.float64), tuple(shape))
+    return np.asarray(generator(k).binomial(n, p), dtype=dtype)
+
+
+def randint(k, shape, minval: int, maxval: int, dtype=np.int64) -> np.ndarray:
+    """Uniform integers in [minval, maxval) of ``shape``."""
+    return generator(k).integers(int(minval), int(maxval), size=tuple(shape),
+                                 dtype=np.int64).astype(dtype, copy=False)
+
+
+def permutation(k, n: int, dtype=np.int64) -> np.ndarray:
+    """A random permutation of ``range(n)``."""
+    return generator(k).permutation(int(n)).astype(dtype, copy=False)

@@ -315,41 +315,33 @@ class NumpyBackend(Backend):
         return host_random.fold_in(key, data)
 
     def normal(self, key, shape=(), dtype=None):
-        dtype = np.dtype(dtype or self.float_dtype)
-        return host_random.generator(key).standard_normal(tuple(shape)).astype(dtype)
+        return host_random.normal(key, shape, np.dtype(dtype or self.float_dtype))
 
     def uniform(self, key, shape=(), dtype=None, minval=0.0, maxval=1.0):
-        dtype = np.dtype(dtype or self.float_dtype)
-        u = host_random.generator(key).random(tuple(shape))
-        return (minval + (maxval - minval) * u).astype(dtype)
+        return host_random.uniform(key, shape, np.dtype(dtype or self.float_dtype), minval, maxval)
 
     def gamma(self, key, alpha, shape=None):
         alpha = self.asarray(alpha)
         shape = np.shape(alpha) if shape is None else tuple(shape)
-        raw = self.to_numpy(alpha)
-        z = host_random.generator(key).standard_gamma(np.broadcast_to(raw, shape).astype(np.float64))
-        return _gamma_draw(alpha, z.astype(alpha.dtype))
+        z = host_random.standard_gamma(key, self.to_numpy(alpha), shape, alpha.dtype)
+        return _gamma_draw(alpha, z)
 
     def poisson(self, key, rate, shape=None):
         rate = self.to_numpy(self.asarray(rate))
         shape = np.shape(rate) if shape is None else tuple(shape)
-        draws = host_random.generator(key).poisson(np.broadcast_to(rate, shape))
-        return draws.astype(self.float_dtype)
+        return host_random.poisson(key, rate, shape, self.float_dtype)
 
     def binomial(self, key, total_count, probs, shape=None):
         n = self.to_numpy(self.asarray(total_count))
         p = self.to_numpy(self.asarray(probs))
         shape = np.broadcast_shapes(np.shape(n), np.shape(p)) if shape is None else tuple(shape)
-        draws = host_random.generator(key).binomial(
-            np.broadcast_to(n, shape).astype(np.int64), np.broadcast_to(p, shape))
-        return draws.astype(self.float_dtype)
+        return host_random.binomial(key, n, p, shape, self.float_dtype)
 
     def randint(self, key, shape, minval, maxval):
-        return host_random.generator(key).integers(minval, maxval, size=tuple(shape),
-                                                   dtype=np.int64)
+        return host_random.randint(key, shape, minval, maxval, self.int_dtype)
 
     def permutation(self, key, n):
-        return host_random.generator(key).permutation(int(n))
+        return host_random.permutation(key, n, self.int_dtype)
 
     # autodiff -----------------------------------------------------------------------------------
     def _leaf_fn(self, f, args, argnums):

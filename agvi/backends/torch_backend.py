@@ -70,6 +70,7 @@ import numpy as np
 import optree
 import torch
 import torch.func as tfunc
+from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
 from torch._C import _functorch as _fc
 
 from . import host_random
@@ -87,6 +88,11 @@ _NP_OF = {torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.
           torch.uint8: np.uint8}
 _PY_SCALARS = (bool, int, float)
 _SQRT1_2 = math.sqrt(0.5)
+def _np_dtype(dtype):
+    """The NumPy dtype of a floating torch dtype."""
+    return np.float64 if dtype == torch.float64 else np.float32
+
+
 # NumPy names -> torch functions where the names differ (torch.equal is not elementwise).
 _RENAMES = {"power": "pow", "equal": "eq", "not_equal": "ne", "less": "lt", "less_equal": "le",
             "greater": "gt", "greater_equal": "ge"}
@@ -1071,8 +1077,7 @@ class TorchBackend(Backend):
         non-floating ``dtype`` is read as :attr:`float_dtype`)."""
         dtype, shape = self._draw_dtype(dtype), _shape(shape)
         if self._cpu:
-            z = host_random.generator(self._host_key(key)).standard_normal(shape)
-            return self._host_draws(z, dtype)
+            return self._host_draws(host_random.normal(self._host_key(key), shape), dtype)
         return torch.randn(shape, generator=self._generator(key), dtype=dtype,
                            device=self._device)
 
@@ -1081,10 +1086,11 @@ class TorchBackend(Backend):
         dtype, shape = self._draw_dtype(dtype), _shape(shape)
         scalar = isinstance(minval, (int, float)) and isinstance(maxval, (int, float))
         if self._cpu:
-            u = host_random.generator(self._host_key(key)).random(shape)
-            if scalar:  # in float64 on the host, then rounded: the NumPy backend's numbers
-                return self._host_draws(minval + (maxval - minval) * u, dtype)
-            u = self._host_draws(u, dtype)
+            if scalar:  # the NumPy backend's numbers
+                return self._host_draws(host_random.uniform(
+                    self._host_key(key), shape, _np_dtype(dtype), minval, maxval), dtype)
+            u = self._host_draws(
+                host_random.uniform(self._host_key(key), shape, _np_dtype(dtype)), dtype)
         else:
             u = torch.rand(shape, generator=self._generator(key), dtype=dtype,
                            device=self._device)
@@ -1104,9 +1110,8 @@ class TorchBackend(Backend):
         alpha = self._float_param(alpha)
         shape = tuple(alpha.shape) if shape is None else _shape(shape)
         if self._cpu:
-            a = np.broadcast_to(_host_value(alpha), shape).astype(np.float64)
-            z = self._host_draws(
-                host_random.generator(self._host_key(key)).standard_gamma(a), alpha.dtype)
+            z = self._host_draws(host_random.standard_gamma(
+                self._host_key(key), _host_value(alpha), shape), alpha.dtype)
         else:
             with torch.no_grad():
                 a = torch.broadcast_to(alpha.detach(), shape).contiguous()
@@ -1119,9 +1124,8 @@ class TorchBackend(Backend):
         rate = self._float_param(rate)
         shape = tuple(rate.shape) if shape is None else _shape(shape)
         if self._cpu:
-            r = np.broadcast_to(_host_value(rate), shape)
             return self._host_draws(
-                host_random.generator(self._host_key(key)).poisson(r), self._float)
+                host_random.poisson(self._host_key(key), _host_value(rate), shape), self._float)
         with torch.no_grad():
             r = torch.broadcast_to(rate.detach(), shape).contiguous()
             return torch.poisson(r, generator=self._generator(key)).to(self._float)
@@ -1132,9 +1136,8 @@ class TorchBackend(Backend):
         shape = (self.broadcast_shapes(tuple(n.shape), tuple(p.shape)) if shape is None
                  else _shape(shape))
         if self._cpu:
-            draws = host_random.generator(self._host_key(key)).binomial(
-                np.broadcast_to(_host_value(n), shape).astype(np.int64),
-                np.broadcast_to(_host_value(p), shape))
+            draws = host_random.binomial(
+                self._host_key(key), _host_value(n), _host_value(p), shape)
             return self._host_draws(draws, self._float)
         with torch.no_grad():
             nn = torch.broadcast_to(n.detach().to(torch.float64), shape).contiguous()
@@ -1144,15 +1147,14 @@ class TorchBackend(Backend):
     def randint(self, key, shape, minval, maxval):
         shape = _shape(shape)
         if self._cpu:
-            return self._host_draws(host_random.generator(self._host_key(key)).integers(
-                int(minval), int(maxval), size=shape, dtype=np.int64), self._int)
+            return self._host_draws(
+                host_random.randint(self._host_key(key), shape, minval, maxval), self._int)
         return torch.randint(int(minval), int(maxval), shape, generator=self._generator(key),
                              dtype=self._int, device=self._device)
 
     def permutation(self, key, n):
         if self._cpu:
-            return self._host_draws(
-                host_random.generator(self._host_key(key)).permutation(int(n)), self._int)
+            return self._host_draws(host_random.permutation(self._host_key(key), n), self._int)
         return torch.randperm(int(n), generator=self._generator(key), dtype=self._int,
                               device=self._device)
 
@@ -1197,6 +1199,27 @@ class TorchBackend(Backend):
         grads = rebuild(grads)
         return out, grads[0] if isinstance(argnums, int) else tuple(grads)
 
+    @staticmethod
+    def _eager_ok(args, nums):
+        """Whether plain eager autograd may compute the gradient: tensor arguments that are not
+        part of an outer autograd graph, and no torch.func transform active. Eager backward
+        costs about a third of torch.func.grad_and_value per call (the MCMC/SVI hot path)."""
+        return (_peek_interpreter_stack() is None
+                and all(isinstance(args[i], _Tensor) and not args[i].requires_grad
+                        for i in nums))
+
+    @staticmethod
+    def _eager_value_and_grad(f, args, argnums, nums):
+        xs = [args[i].detach().requires_grad_(True) for i in nums]
+        new = list(args)
+        for i, x in zip(nums, xs):
+            new[i] = x
+        with torch.enable_grad():
+            v = f(*new)
+            gs = torch.autograd.grad(v, xs, allow_unused=True)
+        gs = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs))
+        return v.detach(), (gs[0] if isinstance(argnums, int) else gs)
+
     def value_and_grad(self, f, argnums=0, has_aux=False):
         argnums = tuple(argnums) if isinstance(argnums, list) else argnums
         nums = self._argnums_tuple(argnums)
@@ -1204,6 +1227,8 @@ class TorchBackend(Backend):
             direct = tfunc.grad_and_value(f, argnums=argnums)
 
             def value_and_grad_fn(*args):
+                if self._eager_ok(args, nums):
+                    return self._eager_value_and_grad(f, args, argnums, nums)
                 if self._direct(args, argnums):
                     g, v = direct(*args)
                     return v, g
@@ -1236,6 +1261,8 @@ class TorchBackend(Backend):
         nums = self._argnums_tuple(argnums)
 
         def grad_fn(*args):
+            if self._eager_ok(args, nums):
+                return self._eager_value_and_grad(f, args, argnums, nums)[1]
             if self._direct(args, argnums):
                 return direct(*args)
             return self._flat_value_and_grad(f, args, argnums, nums, False)[1]

@@ -165,10 +165,9 @@ class MultivariateNormal(Distribution):
         # Only the given matrix is validated (the others are derived from it).
         self.arg_constraints = {"loc": constraints.real_vector,
                                 name: type(self).arg_constraints[name]}
-        # The unbroadcast matrix is kept for computations: one factorisation per distinct matrix.
-        self._matrix = matrix
-        self.__dict__[name] = B.broadcast_to(matrix, batch_shape + (d, d))
+        self.__dict__[name] = B.broadcast_to(matrix, batch_shape + (d, d))  # cached_property slot
         super().__init__(batch_shape, (d,), validate_args=validate_args)
+        # _L keeps the matrix's own batch shape: one factorisation per distinct matrix.
         if name == "scale_tril":
             self._L = matrix
         elif name == "covariance_matrix":

@@ -394,6 +394,16 @@ def _jitted(B, fun, **kw):
     return B.jit(fun, **kw) if B.has_jit else None
 
 
+def _fused(B, fun):
+    """``fun`` compiled as one program where the backend compiles, else ``fun`` itself.
+
+    A compiling backend (JAX) also compiles every eager operation, once per shape and dtype;
+    running the many small computations of a value-and-gradient check as one program costs one
+    compilation instead of dozens, and traces the same backend methods.
+    """
+    return B.jit(fun) if B.has_jit else fun
+
+
 def _foreign_array(B):
     """A small array of another installed framework than ``B``'s, or raise CheckSkipped."""
     from agvi.backends import available_backends, make_backend
@@ -845,11 +855,12 @@ def _reduction(B, name, fn_np, *, positive=False, rtol=None):
     x = np.abs(_RED_X) + 0.5 if positive else _RED_X
     xb, x = _pair(B, x)
     f = getattr(B, name)
-    for axis in (None, 0, -1, (0, 2)):
-        for keepdims in (False, True):
-            _expect(B, f(xb, axis=axis, keepdims=keepdims), fn_np(x, axis=axis, keepdims=keepdims),
-                    rtol=rtol or 4 * _rtol(B, VALUE_RTOL), atol=1e-14,
-                    what=f"{name}(axis={axis}, keepdims={keepdims})")
+    cases = [(axis, keepdims) for axis in (None, 0, -1, (0, 2)) for keepdims in (False, True)]
+    outs = _fused(B, lambda t: [f(t, axis=a, keepdims=k) for a, k in cases])(xb)
+    for (axis, keepdims), out in zip(cases, outs, strict=True):
+        _expect(B, out, fn_np(x, axis=axis, keepdims=keepdims),
+                rtol=rtol or 4 * _rtol(B, VALUE_RTOL), atol=1e-14,
+                what=f"{name}(axis={axis}, keepdims={keepdims})")
     return xb, x
 
 
@@ -1014,15 +1025,21 @@ def _make_unary_check(name):
         else:
             xb, x = _pair(B, inputs)
         kind = "bool" if name in _PREDICATES else "float"
+        wb, w = _pair(B, np.linspace(0.5, 1.5, len(x)))
+
+        def run(t, v):
+            out = (f(t), f(B.reshape(t, (1, -1))))
+            if differentiable:
+                out += (B.grad(lambda s: B.sum(f(s) * v))(t),)
+            return out
+
+        out = _fused(B, run)(xb, wb)
         with np.errstate(all="ignore"):
             expected = oracle(x)
-        _expect(B, f(xb), expected, kind=kind, what=name)
-        _expect(B, f(B.reshape(xb, (1, -1))), expected.reshape(1, -1), kind=kind,
-                what=f"{name} on a 2-d array")
+        _expect(B, out[0], expected, kind=kind, what=name)
+        _expect(B, out[1], expected.reshape(1, -1), kind=kind, what=f"{name} on a 2-d array")
         if differentiable:
-            wb, w = _pair(B, np.linspace(0.5, 1.5, len(x)))
-            g = B.grad(lambda t: B.sum(f(t) * wb))(xb)
-            _expect_grad(B, g, w * _fd_elementwise(oracle, x), what=f"grad of {name}")
+            _expect_grad(B, out[2], w * _fd_elementwise(oracle, x), what=f"grad of {name}")
 
     check.__name__ = check.__qualname__ = f"check_{name}"
     check.__doc__ = f"``{name}``: values (and gradient) against ``numpy.{oracle.__name__}``."
@@ -1069,7 +1086,17 @@ def _make_binary_check(name):
         else:
             (xb, x), (yb, y) = _pair(B, x0), _pair(B, y0)
         kind = "bool" if name in _COMPARISONS else "float"
-        _expect(B, f(xb, yb), oracle(x, y), kind=kind, rtol=2 * _rtol(B, VALUE_RTOL),
+        wb, w = _pair(B, np.linspace(0.5, 1.5, x.size * y.size).reshape(
+            np.broadcast_shapes(x.shape, y.shape)))
+
+        def run(a, b, v):
+            out = (f(a, b),)
+            if differentiable:
+                out += B.grad(lambda p, q: B.sum(f(p, q) * v), argnums=(0, 1))(a, b)
+            return out
+
+        out = _fused(B, run)(xb, yb, wb)
+        _expect(B, out[0], oracle(x, y), kind=kind, rtol=2 * _rtol(B, VALUE_RTOL),
                 what=f"{name} (broadcasting {x.shape} with {y.shape})")
         if name in ("floor_divide", "remainder"):
             xi, yi = np.array([[-7], [-3], [4], [9]]), np.array([2, -3, 5])
@@ -1081,9 +1108,7 @@ def _make_binary_check(name):
             _expect(B, f(B.asarray(big), B.asarray(other)), np.logaddexp(big, other),
                     what="logaddexp at large and infinite arguments")
         if differentiable:
-            wb, w = _pair(B, np.linspace(0.5, 1.5, x.size * y.size).reshape(
-                np.broadcast_shapes(x.shape, y.shape)))
-            gx, gy = B.grad(lambda a, b: B.sum(f(a, b) * wb), argnums=(0, 1))(xb, yb)
+            gx, gy = out[1:]
             loss = lambda a, b: float(np.sum(oracle(a, b) * w))  # noqa: E731
             _expect_grad(B, gx, _fd(loss, (x, y), 0), what=f"grad of {name} w.r.t. x")
             _expect_grad(B, gy, _fd(loss, (x, y), 1), what=f"grad of {name} w.r.t. y")
@@ -1157,7 +1182,7 @@ def check_cholesky(B):
             atol=_rtol(B, LINALG_RTOL), what="cholesky (batched)")
     pb, p = _pair(B, rng.normal(size=9))
     wb, w = _pair(B, np.tril(rng.normal(size=(3, 3))))
-    g = B.grad(lambda t: B.sum(B.cholesky(_spd_from(B, t, 3)) * wb))(pb)
+    g = _fused(B, B.grad(lambda t, u: B.sum(B.cholesky(_spd_from(B, t, 3)) * u)))(pb, wb)
     fd = _fd(lambda q: float(np.sum(np.linalg.cholesky(_spd_from_np(q, 3)) * w)), (p,), 0)
     _expect_grad(B, g, fd, what="grad of cholesky")
 
@@ -1166,26 +1191,33 @@ def check_cholesky(B):
 def check_solve_triangular(B):
     rng = _rng(13)
     tol = _rtol(B, LINALG_RTOL)
-    for batch in ((), (2,)):
-        for lower in (True, False):
-            ab, a = _pair(B, _triangular(rng, 3, lower, batch))
-            bb, b = _pair(B, rng.normal(size=batch + (3, 2)))
-            for trans in (False, True):
-                expected = np.empty(batch + (3, 2))
-                for i in np.ndindex(batch):
-                    expected[i] = sla.solve_triangular(a[i], b[i], lower=lower, trans=int(trans))
-                _expect(B, B.solve_triangular(ab, bb, lower=lower, trans=trans), expected,
-                        rtol=tol, atol=tol, what=f"solve_triangular(batch={batch}, lower={lower},"
-                        f" trans={trans})")
+    cases = [(batch, lower, trans) for batch in ((), (2,)) for lower in (True, False)
+             for trans in (False, True)]
+    mats = [(_pair(B, _triangular(rng, 3, lower, batch)), _pair(B, rng.normal(size=batch + (3, 2))))
+            for batch, lower, _ in cases]
     ab, a = _pair(B, _triangular(rng, 3, True))
     bb, b = _pair(B, rng.normal(size=(3, 2)))
     wb, w = _pair(B, rng.normal(size=(3, 2)))
 
+    def run(ms, p0, q0, u):
+        outs = [B.solve_triangular(p, q, lower=lower, trans=trans)
+                for ((p, _), (q, _)), (_, lower, trans) in zip(ms, cases, strict=True)]
+        g = B.grad(lambda p, q: B.sum(B.solve_triangular(B.tril(p), q, lower=True) * u),
+                   argnums=(0, 1))(p0, q0)
+        return outs, g
+
+    outs, (ga, gb) = _fused(B, run)([((p, None), (q, None)) for (p, _), (q, _) in mats], ab, bb,
+                                    wb)
+    for ((_, an), (_, bn)), (batch, lower, trans), out in zip(mats, cases, outs, strict=True):
+        expected = np.empty(batch + (3, 2))
+        for i in np.ndindex(batch):
+            expected[i] = sla.solve_triangular(an[i], bn[i], lower=lower, trans=int(trans))
+        _expect(B, out, expected, rtol=tol, atol=tol,
+                what=f"solve_triangular(batch={batch}, lower={lower}, trans={trans})")
+
     def loss_np(a_, b_):
         return float(np.sum(sla.solve_triangular(np.tril(a_), b_, lower=True) * w))
 
-    ga, gb = B.grad(lambda p, q: B.sum(B.solve_triangular(B.tril(p), q, lower=True) * wb),
-                    argnums=(0, 1))(ab, bb)
     _expect_grad(B, ga, _fd(loss_np, (a, b), 0), what="grad of solve_triangular w.r.t. a")
     _expect_grad(B, gb, _fd(loss_np, (a, b), 1), what="grad of solve_triangular w.r.t. b")
 
@@ -1209,7 +1241,8 @@ def check_solve(B):
     _expect(B, B.solve(ab, bb), np.linalg.solve(a, b), rtol=tol, atol=tol, what="solve batched")
     wb, w = _pair(B, rng.normal(size=(3, 2)))
     loss = lambda p, q: float(np.sum(np.linalg.solve(p, q) * w))  # noqa: E731
-    ga, gb = B.grad(lambda p, q: B.sum(B.solve(p, q) * wb), argnums=(0, 1))(ab[0], bb[0])
+    ga, gb = _fused(B, B.grad(lambda p, q, u: B.sum(B.solve(p, q) * u), argnums=(0, 1)))(
+        ab[0], bb[0], wb)
     _expect_grad(B, ga, _fd(loss, (a[0], b[0]), 0), what="grad of solve w.r.t. a")
     _expect_grad(B, gb, _fd(loss, (a[0], b[0]), 1), what="grad of solve w.r.t. b")
 
@@ -1221,7 +1254,7 @@ def check_inv(B):
     tol = _rtol(B, LINALG_RTOL)
     _expect(B, B.inv(ab), np.linalg.inv(a), rtol=tol, atol=tol, what="inv batched")
     wb, w = _pair(B, rng.normal(size=(3, 3)))
-    g = B.grad(lambda p: B.sum(B.inv(p) * wb))(ab[0])
+    g = _fused(B, B.grad(lambda p, u: B.sum(B.inv(p) * u)))(ab[0], wb)
     _expect_grad(B, g, _fd(lambda p: float(np.sum(np.linalg.inv(p) * w)), (a[0],), 0),
                  what="grad of inv")
 
@@ -1238,7 +1271,7 @@ def check_slogdet(B):
     _expect(B, sign, es, rtol=_rtol(B, LINALG_RTOL), what="slogdet sign")
     _expect(B, logdet, el, rtol=_rtol(B, LINALG_RTOL), atol=_rtol(B, LINALG_RTOL),
             what="slogdet logdet")
-    g = B.grad(lambda p: B.slogdet(p)[1])(ab[0])
+    g = _fused(B, B.grad(lambda p: B.slogdet(p)[1]))(ab[0])
     _expect_grad(B, g, _fd(lambda p: float(np.linalg.slogdet(p)[1]), (a[0],), 0),
                  what="grad of slogdet")
 
@@ -1259,7 +1292,7 @@ def check_eigh(B):
                                err_msg="eigh eigenvectors differ (up to sign) from numpy's")
     pb, p = _pair(B, rng.normal(size=9))
     cb, c = _pair(B, np.array([1.0, -2.0, 0.5]))
-    g = B.grad(lambda t: B.sum(B.eigh(_spd_from(B, t, 3))[0] * cb))(pb)
+    g = _fused(B, B.grad(lambda t, u: B.sum(B.eigh(_spd_from(B, t, 3))[0] * u)))(pb, cb)
     fd = _fd(lambda q: float(np.sum(np.linalg.eigh(_spd_from_np(q, 3))[0] * c)), (p,), 0)
     _expect_grad(B, g, fd, what="grad of eigh eigenvalues")
 
@@ -1305,9 +1338,14 @@ def _check_update(B, name, add):
         _expect(B, f(xb, _ints(B, [0, 0, 2]), vb), _np_update(x, np.array([0, 0, 2]), v, True),
                 what=f"{name} with repeated indices")
     wb, w = _pair(B, rng.normal(size=(3, 4)))
-    for bidx, nidx, vshape in _update_cases(B):
-        vb, v = _pair(B, rng.normal(size=vshape))
-        gx, gv = B.grad(lambda a, b, i=bidx: B.sum(f(a, i, b) * wb), argnums=(0, 1))(xb, vb)
+    cases = _update_cases(B)
+    vals = [_pair(B, rng.normal(size=vshape))[0] for _, _, vshape in cases]
+
+    def grads(a, vs, u):
+        return [B.grad(lambda p, q, i=bidx: B.sum(f(p, i, q) * u), argnums=(0, 1))(a, v)
+                for (bidx, _, _), v in zip(cases, vs, strict=True)]
+
+    for (_, nidx, vshape), (gx, gv) in zip(cases, _fused(B, grads)(xb, vals, wb), strict=True):
         ex = w.copy() if add else _np_update(w, nidx, 0.0, False)
         ev = np.broadcast_to(w[nidx], np.shape(w[nidx])).copy()
         if vshape == ():
@@ -1911,12 +1949,17 @@ def _special(B, name, oracle, args, argnums=(0,), *, rtol=None, what=None, call=
     pairs = [_pair(B, a) for a in args]
     bargs, nargs = [p[0] for p in pairs], [p[1] for p in pairs]
     expected = oracle(*nargs)
-    _expect(B, call(*bargs), expected, rtol=rtol or _rtol(B, SPECIAL_RTOL), what=what)
-    if not argnums:
-        return
     wb, w = _pair(B, np.linspace(0.5, 1.5, np.size(expected)).reshape(np.shape(expected)))
-    grads = B.grad(lambda *a: B.sum(call(*a) * wb), argnums=tuple(argnums))(*bargs)
-    for g, i in zip(grads, argnums, strict=True):
+
+    def run(v, *a):
+        out = (call(*a),)
+        if argnums:
+            out += B.grad(lambda *c: B.sum(call(*c) * v), argnums=tuple(argnums))(*a)
+        return out
+
+    out = _fused(B, run)(wb, *bargs)
+    _expect(B, out[0], expected, rtol=rtol or _rtol(B, SPECIAL_RTOL), what=what)
+    for g, i in zip(out[1:], argnums, strict=True):
         fd = _fd(lambda *a: float(np.sum(oracle(*a) * w)), nargs, i)
         _expect_grad(B, g, fd, what=f"grad of {what} w.r.t. argument {i}")
 
@@ -1980,34 +2023,38 @@ def check_multigammaln(B):
                  call=lambda t, d=d: B.multigammaln(t, d), what=f"multigammaln(a, {d})")
 
 
+def _check_xlogy_like(B, name, oracle, log_fn, x, y, y_edge):
+    """Value (0 where x == 0), gradient w.r.t. y (0 where x == 0) and w.r.t. x (log_fn(y),
+    also at x == 0) of ``xlogy``/``xlog1py``; ``y_edge`` is where log_fn(y) = -inf."""
+    f = getattr(B, name)
+    (xb, x), (yb, y) = _pair(B, x), _pair(B, y)
+    ok = y != y_edge
+    (xo, _), (yo, _) = _pair(B, x[ok]), _pair(B, y[ok])
+
+    def run(a, b, a_ok, b_ok):
+        return (f(a, b), B.grad(lambda q: B.sum(f(a, q)))(b),
+                B.grad(lambda p: B.sum(f(p, b_ok)))(a_ok))
+
+    val, gy, gx = _fused(B, run)(xb, yb, xo, yo)
+    _expect(B, val, oracle(x, y), rtol=_rtol(B, SPECIAL_RTOL), what=f"{name} (0 where x == 0)")
+    dy = np.where(x == 0, 0.0, x / np.where(x == 0, 1.0, y - y_edge))
+    _expect_grad(B, gy, dy, table=GRAD_RTOL, what=f"grad of {name} w.r.t. y (0 where x == 0)")
+    _expect_grad(B, gx, log_fn(y[ok]), table=GRAD_RTOL,
+                 what=f"grad of {name} w.r.t. x (including x == 0)")
+
+
 @_register("xlogy")
 def check_xlogy(B):
-    x, y = np.array([0.0, 0.0, 1.5, 2.0, -0.7]), np.array([0.0, 2.0, 0.5, 3.0, 1.2])
-    (xb, x), (yb, y) = _pair(B, x), _pair(B, y)
-    _expect(B, B.xlogy(xb, yb), ssp.xlogy(x, y), rtol=_rtol(B, SPECIAL_RTOL),
-            what="xlogy (0 where x == 0)")
-    gx, gy = B.grad(lambda a, b: B.sum(B.xlogy(a, b)), argnums=(0, 1))(xb, yb)
-    _expect_grad(B, gy, np.where(x == 0, 0.0, x / np.where(y == 0, 1.0, y)), table=GRAD_RTOL,
-                 what="grad of xlogy w.r.t. y (0 where x == 0)")
-    pos = y > 0
-    gx = B.grad(lambda a: B.sum(B.xlogy(a, B.asarray(y[pos]))))(B.asarray(x[pos]))
-    _expect_grad(B, gx, np.log(y[pos]), table=GRAD_RTOL, what="grad of xlogy w.r.t. x")
+    _check_xlogy_like(B, "xlogy", ssp.xlogy, np.log, np.array([0.0, 0.0, 1.5, 2.0, -0.7]),
+                      np.array([0.0, 2.0, 0.5, 3.0, 1.2]), 0.0)
     _special(B, "xlogy", ssp.xlogy, (np.array([[0.5], [2.0]]), np.array([0.3, 1.7, 4.0])),
              (0, 1), what="xlogy (broadcasting)")
 
 
 @_register("xlog1py")
 def check_xlog1py(B):
-    x, y = np.array([0.0, 0.0, 1.5, 2.0, -0.7]), np.array([-1.0, 2.0, -0.5, 3.0, 0.2])
-    (xb, x), (yb, y) = _pair(B, x), _pair(B, y)
-    _expect(B, B.xlog1py(xb, yb), ssp.xlog1py(x, y), rtol=_rtol(B, SPECIAL_RTOL),
-            what="xlog1py (0 where x == 0)")
-    gy = B.grad(lambda b: B.sum(B.xlog1py(xb, b)))(yb)
-    _expect_grad(B, gy, np.where(x == 0, 0.0, x / np.where(x == 0, 1.0, 1 + y)), table=GRAD_RTOL,
-                 what="grad of xlog1py w.r.t. y (0 where x == 0)")
-    ok = y > -1
-    gx = B.grad(lambda a: B.sum(B.xlog1py(a, B.asarray(y[ok]))))(B.asarray(x[ok]))
-    _expect_grad(B, gx, np.log1p(y[ok]), table=GRAD_RTOL, what="grad of xlog1py w.r.t. x")
+    _check_xlogy_like(B, "xlog1py", ssp.xlog1py, np.log1p, np.array([0.0, 0.0, 1.5, 2.0, -0.7]),
+                      np.array([-1.0, 2.0, -0.5, 3.0, 0.2]), -1.0)
     _special(B, "xlog1py", ssp.xlog1py, (np.array([[0.5], [2.0]]), np.array([-0.3, 1.7, 4.0])),
              (0, 1), what="xlog1py (broadcasting)")
 
@@ -2019,16 +2066,20 @@ _LSE_X = np.array([[0.5, -1.2, 2.0, 0.1], [1000.0, 1000.5, 999.0, 998.0],
 @_register("logsumexp")
 def check_logsumexp(B):
     xb, x = _pair(B, _LSE_X)
+    wb, w = _pair(B, np.array([0.5, 1.0, 2.0]))
     tol = _rtol(B, SPECIAL_RTOL)
-    for axis in (1, -1, (0, 1), None):
-        for keepdims in (False, True):
-            _expect(B, B.logsumexp(xb, axis=axis, keepdims=keepdims),
-                    ssp.logsumexp(x, axis=axis, keepdims=keepdims), rtol=tol,
-                    what=f"logsumexp(axis={axis}, keepdims={keepdims})")
+    cases = [(axis, keepdims) for axis in (1, -1, (0, 1), None) for keepdims in (False, True)]
+
+    def run(t, u):
+        return ([B.logsumexp(t, axis=a, keepdims=k) for a, k in cases],
+                B.grad(lambda q: B.sum(B.logsumexp(q, axis=1) * u))(t))
+
+    outs, g = _fused(B, run)(xb, wb)
+    for (axis, keepdims), out in zip(cases, outs, strict=True):
+        _expect(B, out, ssp.logsumexp(x, axis=axis, keepdims=keepdims), rtol=tol,
+                what=f"logsumexp(axis={axis}, keepdims={keepdims})")
     _expect(B, B.logsumexp(B.asarray([-np.inf, -np.inf])), -np.inf,
             what="logsumexp of all -inf is -inf")
-    wb, w = _pair(B, np.array([0.5, 1.0, 2.0]))
-    g = B.grad(lambda t: B.sum(B.logsumexp(t, axis=1) * wb))(xb)
     _expect_grad(B, g, w[:, None] * ssp.softmax(x, axis=1), table=SPECIAL_RTOL,
                  what="grad of logsumexp (softmax; 0 at -inf)")
 
@@ -2186,25 +2237,37 @@ def check_jvp(B):
 @_register("jacobian")
 def check_jacobian(B):
     zb, z = _pair(B, [0.3, -0.8, 1.2, 0.5])
+    (xb, x), (yb, y) = _pair(B, [0.4, -1.1]), _pair(B, [1.3, 0.6])
+    (mb, _), (cb, c) = _pair(B, [[0.5, -1.0], [2.0, 0.3]]), _pair(B, [1.5, -0.5])
     expected = _jac_closed(z)
-    for mode in ("reverse", "forward"):
-        for chunk in (None, 1, 2, 3):
-            jac = B.jacobian(lambda t: _jac_fun(B, t), mode=mode, chunk_size=chunk)(zb)
-            _expect_grad(B, jac, expected, table=GRAD_RTOL,
+    ex, ey = _two_arg_jac(x, y)
+    modes, chunks = ("reverse", "forward"), (None, 1, 2, 3)
+
+    def run(zz, xx, yy, mm, cc):
+        out = {}
+        for mode in modes:
+            out[mode] = (
+                [B.jacobian(lambda t: _jac_fun(B, t), mode=mode, chunk_size=k)(zz) for k in chunks],
+                B.jacobian(lambda a, b: _two_arg_fun(B, a, b), argnums=(0, 1), mode=mode)(xx, yy),
+                B.jacobian(lambda t: (_jac_fun(B, t), B.sum(t)), mode=mode, has_aux=True)(zz),
+                B.jacobian(lambda t: B.matmul(t, cc), mode=mode, chunk_size=3)(mm))
+        return out
+
+    res = _fused(B, run)(zb, xb, yb, mb, cb)
+    for mode in modes:
+        jacs, (jx, jy), (jac, aux), jm = res[mode]
+        for chunk, jac_k in zip(chunks, jacs, strict=True):
+            _expect_grad(B, jac_k, expected, table=GRAD_RTOL,
                          what=f"jacobian(mode={mode!r}, chunk_size={chunk}) of R^4 -> R^3")
-        (xb, x), (yb, y) = _pair(B, [0.4, -1.1]), _pair(B, [1.3, 0.6])
-        jx, jy = B.jacobian(lambda a, b: _two_arg_fun(B, a, b), argnums=(0, 1), mode=mode)(xb, yb)
-        ex, ey = _two_arg_jac(x, y)
         _expect_grad(B, jx, ex, table=GRAD_RTOL, what=f"jacobian(argnums=(0, 1), {mode})[0]")
         _expect_grad(B, jy, ey, table=GRAD_RTOL, what=f"jacobian(argnums=(0, 1), {mode})[1]")
-        jac, aux = B.jacobian(lambda t: (_jac_fun(B, t), B.sum(t)), mode=mode, has_aux=True)(zb)
         _expect_grad(B, jac, expected, table=GRAD_RTOL, what=f"jacobian(has_aux, {mode})")
         _expect(B, aux, np.sum(z), rtol=_rtol(B, GRAD_RTOL), what=f"jacobian aux ({mode})")
-        mb, m = _pair(B, [[0.5, -1.0], [2.0, 0.3]])
-        cb, c = _pair(B, [1.5, -0.5])
-        jm = B.jacobian(lambda t, cb=cb: B.matmul(t, cb), mode=mode, chunk_size=3)(mb)
         _expect_grad(B, jm, np.einsum("ij,k->ijk", np.eye(2), c), table=GRAD_RTOL,
                      what=f"jacobian of a matrix argument ({mode}): out_shape + in_shape")
+    # and once eagerly, where the chunks are computed one by one
+    jac = B.jacobian(lambda t: _jac_fun(B, t), mode="forward", chunk_size=3)(zb)
+    _expect_grad(B, jac, expected, table=GRAD_RTOL, what="jacobian(forward, chunk_size=3) eager")
     for bad in ({"mode": "sideways"}, {"chunk_size": 0}):
         try:
             B.jacobian(lambda t: _jac_fun(B, t), **bad)(zb)

@@ -153,7 +153,7 @@ class _SharedNoiseMixin:
         shape = tuple(int(s) for s in shape)
         name = _dtype_name(dtype if dtype is not None else self.float_dtype)
         return self._host_call(
-            lambda k: host_random.generator(k).standard_normal(shape).astype(name),
+            lambda k: host_random.normal(k, shape, name),
             (shape, name), key)
 
     def uniform(self, key, shape=(), dtype=None, minval=0.0, maxval=1.0):
@@ -164,14 +164,12 @@ class _SharedNoiseMixin:
             lo, hi = minval, maxval
 
             def draw(k):
-                u = host_random.generator(k).random(shape)
-                return (lo + (hi - lo) * u).astype(name)
+                return host_random.uniform(k, shape, name, lo, hi)
 
             return self._host_call(draw, (shape, name), key)
 
         def draw_arr(k, lo, hi):
-            u = host_random.generator(k).random(shape)
-            return (lo + (hi - lo) * u).astype(name)
+            return host_random.uniform(k, shape, name, lo, hi)
 
         return self._host_call(draw_arr, (shape, name), key,
                                self.stop_gradient(self.asarray(minval)),
@@ -184,8 +182,7 @@ class _SharedNoiseMixin:
         name = _dtype_name(self.dtype_of(alpha))
 
         def draw(k, a):
-            a = np.broadcast_to(a, shape).astype(np.float64)
-            return host_random.generator(k).standard_gamma(a).astype(name)
+            return host_random.standard_gamma(k, a, shape, name)
 
         z = self._host_call(draw, (shape, name), key, self.stop_gradient(alpha))
         return self._gamma_reparam()(alpha, z)
@@ -227,7 +224,7 @@ class _SharedNoiseMixin:
         shape = self.shape(rate) if shape is None else tuple(int(s) for s in shape)
         name = _dtype_name(self.float_dtype)
         return self._host_call(
-            lambda k, r: host_random.generator(k).poisson(np.broadcast_to(r, shape)).astype(name),
+            lambda k, r: host_random.poisson(k, r, shape, name),
             (shape, name), key, rate)
 
     def binomial(self, key, total_count, probs, shape=None):
@@ -239,9 +236,7 @@ class _SharedNoiseMixin:
         name = _dtype_name(self.float_dtype)
 
         def draw(k, nn, pp):
-            return host_random.generator(k).binomial(
-                np.broadcast_to(nn, shape).astype(np.int64),
-                np.broadcast_to(pp, shape)).astype(name)
+            return host_random.binomial(k, nn, pp, shape, name)
 
         return self._host_call(draw, (shape, name), key, n, p)
 
@@ -253,12 +248,11 @@ class _SharedNoiseMixin:
         if isinstance(minval, (int, np.integer)) and isinstance(maxval, (int, np.integer)):
             lo, hi = int(minval), int(maxval)
             return self._host_call(
-                lambda k: host_random.generator(k).integers(lo, hi, size=shape,
-                                                            dtype=np.int64).astype(name),
+                lambda k: host_random.randint(k, shape, lo, hi, name),
                 (shape, name), key)
         return self._host_call(
-            lambda k, lo, hi: host_random.generator(k).integers(
-                _as_python_int(lo), _as_python_int(hi), size=shape, dtype=np.int64).astype(name),
+            lambda k, lo, hi: host_random.randint(
+                k, shape, _as_python_int(lo), _as_python_int(hi), name),
             (shape, name), key, self.asarray(minval), self.asarray(maxval))
 
     def permutation(self, key, n):
@@ -266,7 +260,7 @@ class _SharedNoiseMixin:
         n = int(n)
         name = _dtype_name(self.int_dtype)
         return self._host_call(
-            lambda k: host_random.generator(k).permutation(n).astype(name), ((n,), name), key)
+            lambda k: host_random.permutation(k, n, name), ((n,), name), key)
 
     # -------------------------------------------------------------- derived draws
     exponential = Backend.exponential

@@ -76,24 +76,16 @@ class MCMCState(NamedTuple):
     inverse_mass_matrix: object
 
 
-class _WarmupCarry(NamedTuple):
-    state: HMCState
-    step_size: object
-    inverse_mass_matrix: object
-    dual_averaging: object
-    welford: object
-    keys: object
-    num_divergent: object
-    num_steps: object
-    num_nonfinite: object
+class _Carry(NamedTuple):
+    """What one compiled chunk of transitions carries (warmup and sampling alike)."""
 
-
-class _SampleCarry(NamedTuple):
     state: HMCState
-    step_size: object
+    step_size: object          # (C,)
     inverse_mass_matrix: object
-    keys: object
-    num_divergent: object
+    dual_averaging: object     # DualAveragingState, leaves (C,) or (1,) when pooled
+    welford: object            # WelfordState, leaves (C, ...) or (1, ...) when pooled
+    keys: object               # (C, 2): the phase's base key of each chain
+    num_divergent: object      # (C,) int, since the start of the phase
     num_steps: object
     num_nonfinite: object
 
@@ -476,6 +468,154 @@ def _nonfinite_message(structure, x, logdensity, grad, chain, tries) -> str:
             "density's support and init_params (or pass init_strategy='uniform').")
 
 
+# --------------------------------------------------------------------------- compiled pieces
+def _flat_logdensity(kernel, B, structure, args):
+    logdensity_fn = kernel.logdensity_fn
+
+    def flat(x):
+        return logdensity_fn(structure.unravel(B, x), *args)
+
+    return flat
+
+
+def _build_init(B, kernel, structure, num_chains, extra_fields):
+    def init(position, args):
+        return hmc_module.init(position, _flat_logdensity(kernel, B, structure, args))
+
+    return init
+
+
+def _build_warmup_init(B, kernel, structure, num_chains, extra_fields):
+    def warmup_init(keys, state, step_size, inverse_mass_matrix, args):
+        ldg = logdensity_and_grad_fn(_flat_logdensity(kernel, B, structure, args))
+        eps = find_reasonable_step_size(keys, state, None, inverse_mass_matrix, step_size,
+                                        logdensity_and_grad=ldg)
+        if not kernel.adapt_per_chain:
+            eps = B.broadcast_to(B.exp(B.mean(B.log(eps), keepdims=True)), (num_chains,))
+        return eps
+
+    return warmup_init
+
+
+def _adaptation(kernel):
+    da = dual_averaging(target_accept_prob=kernel.target_accept_prob)
+    welford = welford_covariance() if kernel.dense_mass else welford_variance()
+    return da, welford
+
+
+def _build_chunk(B, kernel, structure, num_chains, extra_fields):
+    """One chunk of transitions: ``chunk(carry, xs, args) -> (carry, ys)``.
+
+    ``xs`` holds per-transition flags (arrays of the chunk's length): ``t`` (the index of
+    the transition in its phase: its key is ``fold_in(keys[c], t)``), ``valid`` (False on
+    the padding of the last chunk: nothing happens), ``adapt`` (warmup: update the step
+    size and the mass-matrix estimate), ``slow`` (the draw enters the estimate) and
+    ``window_end`` (update the mass matrix, re-initialise the step size). Warmup and
+    sampling share this one program, so a NUTS kernel is compiled once per run.
+    """
+    (da_init, da_update, _), (w_init, w_update, w_final) = _adaptation(kernel)
+    groups = num_chains if kernel.adapt_per_chain else 1
+    int_dtype, float_dtype, bool_dtype = B.int_dtype, B.float_dtype, B.dtype("bool")
+    dtypes = {"float": float_dtype, "int": int_dtype, "bool": bool_dtype}
+    want_momentum = "momentum" in extra_fields
+    want_grad = "logdensity_grad" in extra_fields
+    pooled = not kernel.adapt_per_chain
+    separate_warmup_kernel = (getattr(kernel, "max_tree_depth_warmup", None) is not None
+                              and kernel.max_tree_depth_warmup != kernel.max_tree_depth)
+
+    def chunk(carry, xs, args):
+        logdensity = _flat_logdensity(kernel, B, structure, args)
+        transition = kernel._transition(logdensity, warmup=False)
+        if separate_warmup_kernel:
+            warmup_transition = kernel._transition(logdensity, warmup=True)
+        ldg = logdensity_and_grad_fn(logdensity)
+
+        def end_window(operands):
+            state, keys, welford, imm, step_size, da = operands
+            new_imm = w_final(welford, default=imm[:1] if pooled else imm)
+            if pooled:
+                new_imm = B.broadcast_to(new_imm, B.shape(imm))
+            welford = w_init(groups, B.shape(state.position)[-1], B.dtype_of(imm))
+            if kernel.adapt_step_size:
+                keys = B.map(lambda k: B.asarray(B.fold_in(k, 1)), keys)
+                step_size = find_reasonable_step_size(keys, state, None, new_imm, step_size,
+                                                      logdensity_and_grad=ldg)
+                if pooled:
+                    step_size = B.broadcast_to(
+                        B.exp(B.mean(B.log(step_size), keepdims=True)), (num_chains,))
+                da = da_init(step_size[:1] if pooled else step_size)
+            return welford, new_imm, step_size, da
+
+        def keep_window(operands):
+            return operands[2:]
+
+        def add_draw(welford, position):
+            return w_update(welford, position)
+
+        def skip_draw(welford, position):
+            return welford
+
+        def adapt(operands, x):
+            state, keys, accept, welford, imm, step_size, da = operands
+            if kernel.adapt_step_size:
+                da = da_update(da, B.mean(accept, keepdims=True) if pooled else accept)
+                step_size = B.broadcast_to(B.exp(da.log_step_size), (num_chains,))
+            if kernel.adapt_mass_matrix:
+                welford = B.cond(x["slow"], add_draw, skip_draw, welford, state.position)
+                welford, imm, step_size, da = B.cond(
+                    x["window_end"], end_window, keep_window,
+                    (state, keys, welford, imm, step_size, da))
+            return welford, imm, step_size, da
+
+        def no_adapt(operands, x):
+            return operands[3:]
+
+        def step(carry, x):
+            keys = B.map(lambda k: B.asarray(B.fold_in(k, x["t"])), carry.keys)
+            arguments = (keys, carry.state, carry.step_size, carry.inverse_mass_matrix)
+            if separate_warmup_kernel:
+                state, info = B.cond(x["adapt"], lambda a: warmup_transition(*a),
+                                     lambda a: transition(*a), arguments)
+            else:
+                state, info = transition(*arguments)
+            fields = {name: B.astype(value, dtypes[kernel._FIELDS[name]])
+                      for name, value in kernel._fields(info).items()}
+            welford, imm, step_size, da = B.cond(
+                x["adapt"], adapt, no_adapt,
+                (state, keys, fields["accept_prob"], carry.welford,
+                 carry.inverse_mass_matrix, carry.step_size, carry.dual_averaging), x)
+            new = _Carry(
+                state, step_size, imm, da, welford, carry.keys,
+                carry.num_divergent + B.astype(fields["diverging"], int_dtype),
+                carry.num_steps + B.astype(fields["num_steps"], int_dtype),
+                carry.num_nonfinite + B.astype(fields["num_nonfinite"], int_dtype))
+            y = dict(fields)
+            if want_momentum:
+                y["momentum"] = info.momentum
+            return new, record(state, carry.step_size, y)
+
+        def record(state, step_size, y):
+            out = {"position": state.position, "logdensity": state.logdensity,
+                   "step_size": step_size, **y}
+            if want_grad:
+                out["logdensity_grad"] = state.logdensity_grad
+            return out
+
+        def skip(carry, x):
+            y = {name: B.zeros((num_chains,), dtype=dtypes[kind])
+                 for name, kind in kernel._FIELDS.items()}
+            if want_momentum:
+                y["momentum"] = B.zeros_like(carry.state.position)
+            return carry, record(carry.state, carry.step_size, y)
+
+        def body(carry, x):
+            return B.cond(x["valid"], step, skip, carry, x)
+
+        return B.scan(body, carry, xs)
+
+    return chunk
+
+
 # --------------------------------------------------------------------------- the driver
 class MCMC:
     """Run warmup and sampling of an HMC or NUTS kernel for a batch of chains.
@@ -828,206 +968,43 @@ class MCMC:
         }
 
     # one batch of chains ----------------------------------------------------------------------
-    def _compiled(self, B, kind, num_chains, extra_fields):
-        """The (cached) compiled functions of one kind for this structure and batch size."""
+    def _compiled(self, B, kind, num_chains, extra_fields=()):
+        """The compiled function of one kind for this structure and batch size, cached on the
+        kernel (on JAX a later run with arguments of the same shapes reuses the program)."""
         kernel = self.kernel
-        key = (kind, num_chains, self._structure.key, self._chunk(B), self.thinning,
-               extra_fields, kernel._static())
+        structure = self._structure
+        key = (kind, num_chains, structure.key, extra_fields, kernel._static())
         fn = kernel._cache.get(key)
         if fn is None:
-            builder = {"init": self._build_init, "warmup_init": self._build_warmup_init,
-                       "warmup": self._build_warmup, "sample": self._build_sample}[kind]
-            fn = B.jit(builder(B, num_chains, extra_fields))
+            builder = {"init": _build_init, "warmup_init": _build_warmup_init,
+                       "chunk": _build_chunk}[kind]
+            fn = B.jit(builder(B, kernel, structure, num_chains, extra_fields))
             kernel._cache[key] = fn
         return fn
 
-    def _flat_logdensity(self, B, args):
-        structure = self._structure
-        logdensity_fn = self.kernel.logdensity_fn
+    def _drive(self, B, fn, carry, total, args, phase, label, flags, keep_every=None):
+        """Run ``fn`` chunk by chunk over ``total`` transitions of one phase.
 
-        def flat(x):
-            return logdensity_fn(structure.unravel(B, x), *args)
-
-        return flat
-
-    def _build_init(self, B, num_chains, extra_fields):
-        def init(position, args):
-            return hmc_module.init(position, self._flat_logdensity(B, args))
-        return init
-
-    def _build_warmup_init(self, B, num_chains, extra_fields):
-        kernel = self.kernel
-
-        def warmup_init(keys, state, step_size, inverse_mass_matrix, args):
-            if not kernel.adapt_step_size:
-                return step_size
-            ldg = logdensity_and_grad_fn(self._flat_logdensity(B, args))
-            eps = find_reasonable_step_size(keys, state, None, inverse_mass_matrix, step_size,
-                                            logdensity_and_grad=ldg)
-            if not kernel.adapt_per_chain:
-                eps = B.broadcast_to(B.exp(B.mean(B.log(eps), keepdims=True)), (num_chains,))
-            return eps
-        return warmup_init
-
-    def _adaptation(self):
-        kernel = self.kernel
-        da = dual_averaging(target_accept_prob=kernel.target_accept_prob)
-        welford = welford_covariance() if kernel.dense_mass else welford_variance()
-        return da, welford
-
-    def _build_warmup(self, B, num_chains, extra_fields):
-        kernel = self.kernel
-        (da_init, da_update, _), (w_init, w_update, w_final) = self._adaptation()
-        groups = num_chains if kernel.adapt_per_chain else 1
-        int_dtype = B.int_dtype
-
-        def warmup_chunk(carry, xs, args):
-            logdensity = self._flat_logdensity(B, args)
-            transition = kernel._transition(logdensity, warmup=True)
-            ldg = logdensity_and_grad_fn(logdensity)
-
-            def end_window(operands):
-                state, keys, welford, imm, step_size, da = operands
-                old = imm if kernel.adapt_per_chain else imm[:1]
-                new_imm = w_final(welford, default=old)
-                if not kernel.adapt_per_chain:
-                    new_imm = B.broadcast_to(new_imm, B.shape(imm))
-                welford = w_init(groups, B.shape(state.position)[-1], B.dtype_of(imm))
-                if kernel.adapt_step_size:
-                    keys = B.map(lambda k: B.asarray(B.fold_in(k, 1)), keys)
-                    step_size = find_reasonable_step_size(keys, state, None, new_imm, step_size,
-                                                          logdensity_and_grad=ldg)
-                    if not kernel.adapt_per_chain:
-                        step_size = B.broadcast_to(
-                            B.exp(B.mean(B.log(step_size), keepdims=True)), (num_chains,))
-                    da = da_init(step_size if kernel.adapt_per_chain else step_size[:1])
-                return welford, new_imm, step_size, da
-
-            def keep_window(operands):
-                return operands[2:]
-
-            def add_draw(welford, position):
-                return w_update(welford, position)
-
-            def skip_draw(welford, position):
-                return welford
-
-            def step(carry, x):
-                keys = B.map(lambda k: B.asarray(B.fold_in(k, x["t"])), carry.keys)
-                state, info = transition(keys, carry.state, carry.step_size,
-                                         carry.inverse_mass_matrix)
-                fields = kernel._fields(info)
-                da, step_size = carry.dual_averaging, carry.step_size
-                welford, imm = carry.welford, carry.inverse_mass_matrix
-                if kernel.adapt_step_size:
-                    accept = fields["accept_prob"]
-                    if not kernel.adapt_per_chain:
-                        accept = B.mean(accept, keepdims=True)
-                    da = da_update(da, accept)
-                    step_size = B.broadcast_to(B.exp(da.log_step_size), (num_chains,))
-                if kernel.adapt_mass_matrix:
-                    welford = B.cond(x["slow"], add_draw, skip_draw, welford, state.position)
-                    welford, imm, step_size, da = B.cond(
-                        x["window_end"], end_window, keep_window,
-                        (state, keys, welford, imm, step_size, da))
-                return _WarmupCarry(
-                    state, step_size, imm, da, welford, carry.keys,
-                    carry.num_divergent + B.astype(fields["diverging"], int_dtype),
-                    carry.num_steps + B.astype(fields["num_steps"], int_dtype),
-                    carry.num_nonfinite + B.astype(fields["num_nonfinite"], int_dtype))
-
-            def skip(carry, x):
-                return carry
-
-            def body(carry, x):
-                return B.cond(x["valid"], step, skip, carry, x), None
-
-            carry, _ = B.scan(body, carry, xs)
-            return carry
-
-        return warmup_chunk
-
-    def _build_sample(self, B, num_chains, extra_fields):
-        kernel = self.kernel
-        int_dtype, float_dtype, bool_dtype = B.int_dtype, B.float_dtype, B.dtype("bool")
-        dtypes = {"float": float_dtype, "int": int_dtype, "bool": bool_dtype}
-        thinning = self.thinning
-        want_momentum = "momentum" in extra_fields
-        want_grad = "logdensity_grad" in extra_fields
-
-        def sample_chunk(carry, xs, args):
-            logdensity = self._flat_logdensity(B, args)
-            transition = kernel._transition(logdensity, warmup=False)
-
-            def one(carry, t):
-                keys = B.map(lambda k: B.asarray(B.fold_in(k, t)), carry.keys)
-                state, info = transition(keys, carry.state, carry.step_size,
-                                         carry.inverse_mass_matrix)
-                fields = {name: B.astype(value, dtypes[kernel._FIELDS[name]])
-                          for name, value in kernel._fields(info).items()}
-                carry = carry._replace(
-                    state=state,
-                    num_divergent=carry.num_divergent + B.astype(fields["diverging"], int_dtype),
-                    num_steps=carry.num_steps + B.astype(fields["num_steps"], int_dtype),
-                    num_nonfinite=carry.num_nonfinite + B.astype(fields["num_nonfinite"],
-                                                                 int_dtype))
-                y = dict(fields)
-                if want_momentum:
-                    y["momentum"] = info.momentum
-                return carry, y
-
-            def record(carry, y):
-                out = {"position": carry.state.position, "logdensity": carry.state.logdensity,
-                       "step_size": carry.step_size, **y}
-                if want_grad:
-                    out["logdensity_grad"] = carry.state.logdensity_grad
-                return out
-
-            def step(carry, x):
-                if thinning == 1:
-                    carry, y = one(carry, x["t"])
-                else:
-                    carry, ys = B.scan(one, carry, x["t"] * thinning + B.arange(thinning))
-                    y = B.tree_map(lambda leaf: leaf[-1], ys)
-                return carry, record(carry, y)
-
-            def skip(carry, x):
-                position = carry.state.position
-                y = {name: B.zeros((num_chains,), dtype=dtypes[kind])
-                     for name, kind in kernel._FIELDS.items()}
-                if want_momentum:
-                    y["momentum"] = B.zeros_like(position)
-                return carry, record(carry, y)
-
-            def body(carry, x):
-                return B.cond(x["valid"], step, skip, carry, x)
-
-            return B.scan(body, carry, xs)
-
-        return sample_chunk
-
-    def _drive(self, B, fn, carry, total, args, phase, chain_label, flags=None):
-        """Run ``fn`` chunk by chunk over ``total`` transitions; returns (carry, outputs,
-        transitions done, interrupted)."""
+        Returns ``(carry, outputs, done, interrupted)``: the carry after the last completed
+        chunk, the kept per-transition outputs of each chunk (every ``keep_every``-th
+        transition; none when ``keep_every`` is None), the number of transitions completed,
+        and whether Ctrl-C stopped the loop.
+        """
+        # one chunk length for both phases: one compiled program (padding steps are skipped)
         length = self._chunk(B)
-        num_chunks = -(-total // length) if total else 0
+        num_chunks = -(-total // length)
         padded = num_chunks * length
-        t = np.arange(padded)
-        valid = t < total
-        host = {"t": t, "valid": valid}
-        for name, values in (flags or {}).items():
-            host[name] = np.concatenate([values, np.zeros(padded - total, dtype=values.dtype)])
-        bar = _progress(self.progress_bar, total, f"{phase}{chain_label}")
+        host = {"t": np.arange(padded), "valid": np.arange(padded) < total}
+        for name, values in flags.items():
+            host[name] = np.concatenate([values, np.zeros(padded - total, dtype=bool)])
+        bar = _progress(self.progress_bar, total, f"{phase}{label}")
         outputs, done, interrupted = [], 0, False
         try:
             for i in range(num_chunks):
                 xs = {name: B.asarray(v[i * length:(i + 1) * length]) for name, v in host.items()}
                 try:
-                    if phase == "sample":
-                        new_carry, ys = fn(carry, xs, args)
-                    else:
-                        new_carry, ys = fn(carry, xs, args), None
-                    # a host sync here makes Ctrl-C land between chunks on async backends
+                    new_carry, ys = fn(carry, xs, args)
+                    # a host sync inside the try: on JAX (asynchronous) Ctrl-C lands here
                     divergent = int(B.to_numpy(new_carry.num_divergent).sum())
                 except KeyboardInterrupt:
                     interrupted = True
@@ -1035,13 +1012,16 @@ class MCMC:
                                   "completed so far", UserWarning, stacklevel=4)
                     break
                 carry = new_carry
-                if ys is not None:
-                    outputs.append(ys)
-                step = min(length, total - done)
-                done += step
+                count = min(length, total - done)
+                if keep_every is not None:
+                    # transitions t with (t + 1) % keep_every == 0 are kept
+                    first = (-(i * length + 1)) % keep_every
+                    outputs.append({name: value[first:count:keep_every]
+                                    for name, value in ys.items()})
+                done += count
                 if bar is not None:
                     bar.set_postfix(divergences=divergent, refresh=False)
-                    bar.update(step)
+                    bar.update(count)
         finally:
             if bar is not None:
                 bar.close()
@@ -1054,79 +1034,81 @@ class MCMC:
         dtype = B.float_dtype
         label = f" (chain {chains[0]})" if n == 1 and self.num_chains > 1 else ""
         zeros_int = B.zeros((n,), dtype=B.int_dtype)
+        (da_init, _, da_final), (w_init, _, _) = _adaptation(self.kernel)
+        groups = n if kernel.adapt_per_chain else 1
         interrupted = False
-        warmup_stats = None
+        no_stats = {k: np.zeros(n, dtype=np.int64) for k in ("divergent", "steps", "nonfinite")}
+        warmup_stats = no_stats
+        fn = self._compiled(B, "chunk", n, extra_fields)
         if start is None:
             state, init_flat = self._initial_state(B, chains, chain_keys, init_flat, args)
             dim = B.shape(init_flat)[-1]
             step_size = kernel._initial_step_size(chains, dtype)
             imm = kernel._initial_inverse_mass_matrix(chains, dim, self.num_chains, dtype)
-            if do_warmup and self.num_warmup > 0:
-                warmup_init = self._compiled(B, "warmup_init", n, ())
-                step_size = warmup_init(_fold(B, chain_keys, 3), state, step_size, imm, args)
-                (da_init, _, da_final), (w_init, _, _) = self._adaptation()
-                groups = n if kernel.adapt_per_chain else 1
-                carry = _WarmupCarry(
-                    state, step_size, imm,
-                    da_init(step_size if kernel.adapt_per_chain else step_size[:1]),
-                    w_init(groups, dim, dtype), _fold(B, chain_keys, 0),
-                    zeros_int, zeros_int, zeros_int)
+            if do_warmup and self.num_warmup > 0 and (kernel.adapt_step_size
+                                                      or kernel.adapt_mass_matrix):
+                if kernel.adapt_step_size:
+                    warmup_init = self._compiled(B, "warmup_init", n)
+                    step_size = warmup_init(_fold(B, chain_keys, 3), state, step_size, imm, args)
                 if kernel.adapt_mass_matrix:
                     windows = windowed_schedule(self.num_warmup)
                 else:
                     windows = [AdaptationWindow(0, self.num_warmup - 1, False)]
                 flags = schedule_arrays(windows, self.num_warmup)
-                fn = self._compiled(B, "warmup", n, ())
+            else:
+                flags = {"slow": np.zeros(self.num_warmup, dtype=bool),
+                         "window_end": np.zeros(self.num_warmup, dtype=bool)}
+            flags["adapt"] = np.ones(self.num_warmup, dtype=bool) & (
+                kernel.adapt_step_size or kernel.adapt_mass_matrix)
+            carry = _Carry(state, step_size, imm,
+                           da_init(step_size[:1] if groups == 1 and n > 1 else step_size),
+                           w_init(groups, dim, dtype), _fold(B, chain_keys, 0),
+                           zeros_int, zeros_int, zeros_int)
+            if do_warmup and self.num_warmup > 0:
                 carry, _, done, interrupted = self._drive(B, fn, carry, self.num_warmup, args,
                                                           "warmup", label, flags)
-                step_size = carry.step_size
                 if kernel.adapt_step_size and done == self.num_warmup:
-                    final = da_final(carry.dual_averaging)
-                    step_size = B.broadcast_to(final, (n,))
-                state, imm = carry.state, carry.inverse_mass_matrix
+                    carry = carry._replace(step_size=B.broadcast_to(
+                        da_final(carry.dual_averaging), (n,)))
                 warmup_stats = {"divergent": B.to_numpy(carry.num_divergent),
                                 "steps": B.to_numpy(carry.num_steps),
                                 "nonfinite": B.to_numpy(carry.num_nonfinite)}
-            start = MCMCState(state, step_size, imm)
-        if warmup_stats is None:
-            warmup_stats = {k: np.zeros(n, dtype=np.int64)
-                            for k in ("divergent", "steps", "nonfinite")}
-        result = {"chains": chains, "state": start, "warmup": warmup_stats,
-                  "interrupted": interrupted}
-        if not do_sample or interrupted:
+            start = MCMCState(carry.state, carry.step_size, carry.inverse_mass_matrix)
+        else:
             dim = B.shape(start.hmc_state.position)[-1]
-            result.update(samples=B.zeros((n, 0, dim), dtype=dtype), extra={},
-                          sample={k: np.zeros(n, dtype=np.int64)
-                                  for k in ("divergent", "steps", "nonfinite")})
+        result = {"chains": chains, "state": start, "warmup": warmup_stats,
+                  "interrupted": interrupted, "samples": B.zeros((n, 0, dim), dtype=dtype),
+                  "extra": {}, "sample": no_stats}
+        if not do_sample or interrupted:
             return result
-        carry = _SampleCarry(start.hmc_state, start.step_size, start.inverse_mass_matrix,
-                             _fold(B, chain_keys, 1), zeros_int, zeros_int, zeros_int)
-        fn = self._compiled(B, "sample", n, extra_fields)
-        carry, outputs, done, interrupted = self._drive(B, fn, carry, self.num_samples, args,
-                                                        "sample", label)
+        total = self.num_samples * self.thinning
+        imm = start.inverse_mass_matrix
+        carry = _Carry(start.hmc_state, start.step_size, imm, da_init(start.step_size),
+                       w_init(groups, dim, dtype), _fold(B, chain_keys, 1),
+                       zeros_int, zeros_int, zeros_int)
+        flags = {name: np.zeros(total, dtype=bool) for name in ("adapt", "slow", "window_end")}
+        carry, outputs, done, interrupted = self._drive(B, fn, carry, total, args, "sample",
+                                                        label, flags, keep_every=self.thinning)
         result["interrupted"] = interrupted
         result["state"] = MCMCState(carry.state, carry.step_size, carry.inverse_mass_matrix)
         result["sample"] = {"divergent": B.to_numpy(carry.num_divergent),
                             "steps": B.to_numpy(carry.num_steps),
                             "nonfinite": B.to_numpy(carry.num_nonfinite)}
-        dim = B.shape(start.hmc_state.position)[-1]
+        outputs = [o for o in outputs if B.shape(o["position"])[0] > 0]
         if outputs:
-            ys = {name: B.concatenate([o[name] for o in outputs], axis=0)[:done]
+            ys = {name: B.moveaxis(B.concatenate([o[name] for o in outputs], axis=0), 0, 1)
                   for name in outputs[0]}
-            ys = {name: B.moveaxis(value, 0, 1) for name, value in ys.items()}
-        else:
-            ys = {}
-        result["samples"] = ys.pop("position") if ys else B.zeros((n, 0, dim), dtype=dtype)
-        if "potential_energy" in extra_fields and ys:
-            ys["potential_energy"] = -ys["logdensity"]
-        result["extra"] = ys
+            result["samples"] = ys.pop("position")
+            if "potential_energy" in extra_fields:
+                ys["potential_energy"] = -ys["logdensity"]
+            result["extra"] = ys
         return result
 
     def _initial_state(self, B, chains, chain_keys, init_flat, args):
         """Initial HMC states of the chains, trying uniform draws where asked."""
         kernel = self.kernel
         structure = self._structure
-        init = self._compiled(B, "init", len(chains), ())
+        init = self._compiled(B, "init", len(chains))
         dim = B.shape(init_flat)[-1]
         strategy = kernel.init_strategy
         position = init_flat
