@@ -12,11 +12,12 @@ transition:
   Betancourt 2017, A.4.2, with Stan 2.26's extra checks), and abandoned at the first U-turn or
   divergence;
 - within the subtree being added, leaf ``j`` (the ``j``-th leapfrog step of the transition,
-  counting from 0) becomes the subtree's proposal when ``log(u_leaf[j]) < w_j - log(sum_i w_i)``
-  over the subtree's leaves so far (progressive uniform sampling, ``w = H0 - H``);
+  counting from 0) becomes the subtree's proposal when ``log(u_leaf[j]) + log(sum_i W_i) <
+  log W_j`` over the subtree's leaves so far (progressive uniform sampling,
+  ``log W = H0 - H``);
 - a valid subtree's proposal replaces the trajectory's when
-  ``log(u_subtree[k]) < log W_subtree - log W_trajectory`` (biased progressive sampling), then the
-  joined trajectory is checked (whole, and across the two parts);
+  ``log(u_subtree[k]) + log W_trajectory < log W_subtree`` (biased progressive sampling), then
+  the joined trajectory is checked (whole, and across the two parts);
 - a leaf with ``H - H0 > delta_energy_max`` or a non-finite ``H`` is divergent;
 - the acceptance statistic is the mean of ``min(1, exp(H0 - H))`` over all leapfrog steps.
 
@@ -157,7 +158,7 @@ def reference_nuts(logdensity_and_grad: Callable, position, step_size: float,
                 log_weight = -math.inf
             ctx["sum_accept"] += math.exp(min(log_weight, 0.0))
             total = np.logaddexp(ctx["sub_log_weight"], log_weight)
-            if log_u_leaf[j] < log_weight - total:
+            if log_u_leaf[j] + total < log_weight:
                 ctx["sub_proposal"] = (new, energy0 - log_weight)
             ctx["sub_log_weight"] = total
             if not log_weight >= -delta_energy_max:
@@ -194,7 +195,7 @@ def reference_nuts(logdensity_and_grad: Callable, position, step_size: float,
         depth += 1
         if not ok:
             break
-        if log_u_subtree[depth - 1] < ctx["sub_log_weight"] - log_weight:
+        if log_u_subtree[depth - 1] + log_weight < ctx["sub_log_weight"]:
             proposal = ctx["sub_proposal"]
         log_weight = float(np.logaddexp(log_weight, ctx["sub_log_weight"]))
         old_outer, old_inner = (left, right) if go_right else (right, left)

@@ -18,3 +18,19 @@ __all__ = [
     "NUTSInfo", "NUTSNoise", "gaussian_euclidean", "hmc", "integrators", "logdensity_and_grad_fn",
     "metrics", "nuts", "proposal", "termination", "velocity_verlet",
 ]
+
+# The driver, adaptation, diagnostics and borch-style steps (part B).
+from . import adaptation, borch, diagnostics, sampler  # noqa: E402
+from .diagnostics import (  # noqa: E402
+    effective_sample_size,
+    mcse,
+    print_summary,
+    split_gelman_rubin,
+    summary,
+)
+from .sampler import HMC, MCMC, NUTS, MCMCState  # noqa: E402
+
+__all__ += [
+    "HMC", "MCMC", "MCMCState", "NUTS", "adaptation", "borch", "diagnostics",
+    "effective_sample_size", "mcse", "print_summary", "sampler", "split_gelman_rubin", "summary",
+]

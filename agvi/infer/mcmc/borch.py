@@ -30,7 +30,8 @@ arrays are overwritten in place (outside the autograd tape), so other references
 the new values; otherwise the list entries are replaced. The new values are returned as well.
 
 The steps are built on the batched kernels of :mod:`.hmc` and :mod:`.nuts` with one chain and a
-unit (identity) mass matrix; they run eagerly (no compilation).
+unit (identity) mass matrix. On JAX each kind of step is compiled once per closure, list of
+parameters and shapes (a few are cached), so a Python loop of steps runs compiled steps.
 
 References
 ----------
@@ -41,6 +42,7 @@ epsilon), 6 (dual averaging) and 3 (NUTS); Neal (2011), "MCMC using Hamiltonian 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 
@@ -116,11 +118,54 @@ class _Flat:
         return list(self.parameters)
 
 
-def _one_chain_state(B, flat_params):
-    x = flat_params.ravel()
-    state = hmc_module.init(x[None], flat_params.logdensity)
-    d = B.shape(x)[0]
-    return state, B.ones((1, d), dtype=B.dtype_of(x))
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_SIZE = 8
+
+
+def _runner(B, flat, kind, settings):
+    """``run(keys (1, 2), position (1, d), step_size (1,)) -> (position (d,), statistic)`` for
+    one transition (``kind`` "hmc" or "nuts") or the step-size search ("epsilon").
+
+    On backends that compile, the jitted runner is kept (a few of them, least recently used
+    first out) per closure, parameter list, shapes and settings, so a loop of steps compiles
+    once.
+    """
+    def run(keys, position, step_size):
+        state = hmc_module.init(position, flat.logdensity)
+        imm = B.ones(B.shape(position), dtype=B.dtype_of(position))
+        if kind == "epsilon":
+            return position[0], find_reasonable_step_size(keys, state, flat.logdensity, imm,
+                                                          step_size)[0]
+        if kind == "hmc":
+            kernel = hmc_module.build_kernel(flat.logdensity, num_integration_steps=settings[0])
+        else:
+            kernel = nuts_module.build_kernel(flat.logdensity, max_tree_depth=settings[0],
+                                              delta_energy_max=settings[1])
+        new_state, info = kernel(keys, state, step_size, imm)
+        return new_state.position[0], info.acceptance_rate[0]
+
+    if not B.has_jit:
+        return run
+    key = (flat.closure, id(flat.parameters), tuple(flat.shapes), str(flat.dtype), kind,
+           settings)
+    if key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key][0]
+    jitted = B.jit(run)
+    _CACHE[key] = (jitted, flat.parameters)      # keeps the list alive: its id stays unique
+    if len(_CACHE) > _CACHE_SIZE:
+        _CACHE.popitem(last=False)
+    return jitted
+
+
+def _transition(kind, settings, epsilon, parameters, closure, key):
+    B = get_backend()
+    flat = _Flat(B, parameters, closure)
+    position = flat.ravel()[None]
+    keys = B.asarray(B.key_data(_key(B, key))[None])
+    step = B.full((1,), float(epsilon), dtype=B.dtype_of(position))
+    new_position, statistic = _runner(B, flat, kind, settings)(keys, position, step)
+    return flat, new_position, float(B.to_numpy(statistic))
 
 
 def hmc_step(epsilon, L, parameters, closure, key=None):
@@ -163,15 +208,8 @@ def hmc_step(epsilon, L, parameters, closure, key=None):
         raise ValueError(f"epsilon must be positive, got {epsilon!r}")
     if not isinstance(L, (int, np.integer)) or L < 1:
         raise ValueError(f"L must be a positive int, got {L!r}")
-    B = get_backend()
-    flat = _Flat(B, parameters, closure)
-    state, imm = _one_chain_state(B, flat)
-    kernel = hmc_module.build_kernel(flat.logdensity, num_integration_steps=int(L))
-    keys = B.asarray(B.key_data(_key(B, key))[None])
-    step = B.full((1,), float(epsilon), dtype=B.dtype_of(state.position))
-    new_state, info = kernel(keys, state, step, imm)
-    accept = float(B.to_numpy(info.acceptance_rate)[0])
-    return accept, flat.write_back(new_state.position[0])
+    flat, position, accept = _transition("hmc", (int(L),), epsilon, parameters, closure, key)
+    return accept, flat.write_back(position)
 
 
 def nuts_step(epsilon, parameters, closure, max_tree_depth=10, delta_energy_max=1000.0,
@@ -212,16 +250,13 @@ def nuts_step(epsilon, parameters, closure, max_tree_depth=10, delta_energy_max=
     _check(parameters, closure)
     if not epsilon > 0:
         raise ValueError(f"epsilon must be positive, got {epsilon!r}")
-    B = get_backend()
-    flat = _Flat(B, parameters, closure)
-    state, imm = _one_chain_state(B, flat)
-    kernel = nuts_module.build_kernel(flat.logdensity, max_tree_depth=max_tree_depth,
-                                      delta_energy_max=delta_energy_max)
-    keys = B.asarray(B.key_data(_key(B, key))[None])
-    step = B.full((1,), float(epsilon), dtype=B.dtype_of(state.position))
-    new_state, info = kernel(keys, state, step, imm)
-    accept = float(B.to_numpy(info.acceptance_rate)[0])
-    return accept, flat.write_back(new_state.position[0])
+    if (not isinstance(max_tree_depth, int) or isinstance(max_tree_depth, bool)
+            or not 1 <= max_tree_depth <= 20):
+        raise ValueError(f"max_tree_depth must be an int between 1 and 20, got "
+                         f"{max_tree_depth!r}")
+    flat, position, accept = _transition("nuts", (max_tree_depth, float(delta_energy_max)),
+                                         epsilon, parameters, closure, key)
+    return accept, flat.write_back(position)
 
 
 def find_reasonable_epsilon(parameters, closure, key=None, initial_epsilon=1.0):
@@ -253,13 +288,10 @@ def find_reasonable_epsilon(parameters, closure, key=None, initial_epsilon=1.0):
     Hoffman and Gelman (2014), JMLR 15, Algorithm 4 (and the initialisation of Algorithm 6).
     """
     _check(parameters, closure)
-    B = get_backend()
-    flat = _Flat(B, parameters, closure)
-    state, imm = _one_chain_state(B, flat)
-    keys = B.asarray(B.key_data(_key(B, key))[None])
-    eps0 = B.full((1,), float(initial_epsilon), dtype=B.dtype_of(state.position))
-    eps = find_reasonable_step_size(keys, state, flat.logdensity, imm, eps0)
-    return float(B.to_numpy(eps)[0]), 1.0, 0.0
+    if not initial_epsilon > 0:
+        raise ValueError(f"initial_epsilon must be positive, got {initial_epsilon!r}")
+    _, _, epsilon = _transition("epsilon", (), initial_epsilon, parameters, closure, key)
+    return epsilon, 1.0, 0.0
 
 
 def dual_averaging(accept_prob, m, initial_epsilon, epsilon_bar, h_bar, delta=0.8, gamma=0.05,

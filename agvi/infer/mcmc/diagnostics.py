@@ -36,7 +36,6 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
-from scipy import special, stats
 
 __all__ = [
     "autocorrelation", "effective_sample_size", "format_summary", "mcse", "print_summary",
@@ -78,6 +77,7 @@ def _split(x: np.ndarray) -> np.ndarray:
 
 def _rank_normalise(x: np.ndarray) -> np.ndarray:
     """Normal scores of the pooled (average) ranks: ``ndtri((r - 3/8) / (S + 1/4))``."""
+    from scipy import special, stats  # loaded on first use: importing agvi stays light
     ranks = stats.rankdata(x, method="average").reshape(x.shape)
     return special.ndtri((ranks - 0.375) / (x.size + 0.25))
 

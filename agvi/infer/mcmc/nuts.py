@@ -56,7 +56,7 @@ from ...backends import get_backend
 from .hmc import HMCState, _per_chain, init
 from .integrators import IntegratorState, logdensity_and_grad_fn, velocity_verlet
 from .metrics import gaussian_euclidean
-from .proposal import select
+from .proposal import progressive_biased_sampling, progressive_uniform_sampling, select
 from .termination import (
     init_checkpoints,
     is_iterative_turning,
@@ -361,7 +361,8 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
                     sum_accept = s.sum_accept + accept
                     stop_log_weight = log_weight
                 subtree_log_weight = B.logaddexp(s.log_weight, log_weight)
-                take = log_u_leaf[:, first_leaf + n] < log_weight - subtree_log_weight
+                take = progressive_uniform_sampling(log_u_leaf[:, first_leaf + n],
+                                                    subtree_log_weight, log_weight)
                 proposal = pick(take, _Proposal(leaf.position, energy, leaf.logdensity,
                                                 leaf.logdensity_grad), s.proposal)
                 momentum_sum = s.momentum_sum + leaf.momentum
@@ -390,7 +391,8 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
             stopped = t.active & ~complete if batched else ~complete
             diverged = stopped & (sub.stop_log_weight < -delta_energy_max)
             # biased progressive sampling between the trajectory and the new subtree
-            take = complete & (log_u_subtree[:, k] < sub.log_weight - t.log_weight)
+            take = complete & progressive_biased_sampling(log_u_subtree[:, k], t.log_weight,
+                                                          sub.log_weight)
             proposal = pick(take, sub.proposal, t.proposal)
             # U-turn across the join: begin is the old inner end, the other end the old outer
             old_outer = B.where(right[:, None], t.left.momentum, t.right.momentum)
@@ -533,7 +535,7 @@ def _eager_one_chain(B, value_and_grad, state, step_size, metric, noise, max_dep
             num_steps += 1
             sum_accept += math.exp(min(lw, 0.0))
             total = _logaddexp(sub_log_weight, lw)
-            if log_u(u_leaf[first_leaf + n]) < lw - total:
+            if log_u(u_leaf[first_leaf + n]) + total < lw:
                 sub_proposal = (position, logdensity, g, energy)
             sub_log_weight = total
             new_sum = momentum_sum + p
@@ -578,7 +580,7 @@ def _eager_one_chain(B, value_and_grad, state, step_size, metric, noise, max_dep
             turning = True
             break
         # biased progressive sampling, then the U-turn checks across the join
-        if log_u(u_subtree[k]) < sub_log_weight - log_weight:
+        if log_u(u_subtree[k]) + log_weight < sub_log_weight:
             proposal = sub_proposal
         log_weight = _logaddexp(log_weight, sub_log_weight)
         _, p_inner, _, v_inner = ends[right]          # old trajectory, inner end

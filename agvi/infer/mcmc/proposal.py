@@ -34,25 +34,24 @@ def progressive_uniform_sampling(log_u, log_weight_sum, log_weight):
     log_u : Array, shape (C,)
         ``log`` of uniform draws on [0, 1).
     log_weight_sum : Array, shape (C,)
-        Log of the summed weights of the states seen so far (``-inf`` before the first).
+        Log of the summed weights of the states seen so far, the new one included
+        (``logaddexp`` of the previous sum and ``log_weight``).
     log_weight : Array, shape (C,)
         Log weight of the new state (``-H`` up to a common constant; ``-inf`` for a state
         that must never be chosen).
 
     Returns
     -------
-    take : Array, shape (C,), bool
-        True where the new state becomes the proposal: ``log_u < log_weight - new_sum``.
-    new_sum : Array, shape (C,)
-        ``logaddexp(log_weight_sum, log_weight)``.
+    Array, shape (C,), bool
+        True where the new state becomes the proposal, with probability
+        ``exp(log_weight - log_weight_sum)``: ``log_u + log_weight_sum < log_weight`` (written
+        without a difference so that ``-inf`` weights give False, not NaN).
 
     References
     ----------
     Betancourt (2017), arXiv:1701.02434, appendix A.3.1.
     """
-    B = get_backend()
-    new_sum = B.logaddexp(log_weight_sum, log_weight)
-    return log_u < log_weight - new_sum, new_sum
+    return log_u + log_weight_sum < log_weight
 
 
 def progressive_biased_sampling(log_u, log_weight_tree, log_weight_subtree):
@@ -68,13 +67,14 @@ def progressive_biased_sampling(log_u, log_weight_tree, log_weight_subtree):
     Returns
     -------
     Array, shape (C,), bool
-        True with probability ``min(1, W_subtree / W_tree)``.
+        True with probability ``min(1, W_subtree / W_tree)``:
+        ``log_u + log_weight_tree < log_weight_subtree``.
 
     References
     ----------
     Betancourt (2017), arXiv:1701.02434, appendix A.3.2.
     """
-    return log_u < log_weight_subtree - log_weight_tree
+    return log_u + log_weight_tree < log_weight_subtree
 
 
 def metropolis_accept(log_u, log_accept_ratio):
