@@ -11,7 +11,7 @@ Importing agvi imports no framework besides NumPy; torch and JAX are imported wh
 is first used.
 """
 
-from . import random
+from . import handlers, random
 from .backends import (
     Backend,
     available_backends,
@@ -20,10 +20,12 @@ from .backends import (
     set_backend,
     use_backend,
 )
+from .handlers import deterministic, factor, param, plate, sample
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Backend", "__version__", "available_backends", "get_backend", "random",
-    "register_backend", "set_backend", "use_backend",
+    "Backend", "__version__", "available_backends", "deterministic", "factor", "get_backend",
+    "handlers", "param", "plate", "random", "register_backend", "sample", "set_backend",
+    "use_backend",
 ]

@@ -360,7 +360,9 @@ class Backend:
 
     def diagonal(self, x, offset: int = 0):
         """Diagonal of the last two axes: shape (..., n, n) -> (..., n)."""
-        return self.xp.diagonal(x, offset, axis1=-2, axis2=-1)
+        # Written on the transposed axes (offset negated, same values): autograd can only
+        # differentiate diagonal(axis1=-1, axis2=-2).
+        return self.xp.diagonal(x, -offset, axis1=-1, axis2=-2)
 
     def where(self, condition, x, y):
         """Elementwise ``x`` where ``condition`` else ``y`` (broadcasting; differentiable in

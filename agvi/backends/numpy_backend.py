@@ -127,6 +127,42 @@ def _scatter(value, index, shape, add):
 defvjp(_scatter, lambda ans, value, index, shape, add: lambda g: g[index])
 
 
+@primitive
+def _take_along_axis(x, indices, axis):
+    return np.take_along_axis(x, indices, axis=axis)
+
+
+def _take_along_axis_vjp(ans, x, indices, axis):
+    def vjp(g):
+        # scatter-add g back to the gathered positions (repeated indices accumulate)
+        grids = np.indices(np.shape(g), sparse=True)
+        ax = axis % np.ndim(g)
+        index = tuple(np.broadcast_to(indices, np.shape(g)) if d == ax else grids[d]
+                      for d in range(np.ndim(g)))
+        return _scatter(g, index, np.shape(x), True)  # differentiable again (jvp, hessians)
+
+    return vjp
+
+
+defvjp(_take_along_axis, _take_along_axis_vjp)
+
+
+@primitive
+def _diagonal(x, offset):
+    return np.diagonal(x, offset, axis1=-2, axis2=-1)
+
+
+def _diagonal_vjp(ans, x, offset):
+    def vjp(g):
+        i = np.arange(np.shape(g)[-1])
+        return _scatter(g, (Ellipsis, i + max(-offset, 0), i + max(offset, 0)), np.shape(x), False)
+
+    return vjp
+
+
+defvjp(_diagonal, _diagonal_vjp)
+
+
 def _index_set(x, index, value, add=False):
     if not isinstance(x, ArrayBox) and not isinstance(value, ArrayBox):
         out = np.array(x, copy=True)
@@ -232,6 +268,12 @@ class NumpyBackend(Backend):
         x = _broadcast_to(x, shape) if isinstance(x, ArrayBox) else x
         y = _broadcast_to(y, shape) if isinstance(y, ArrayBox) else y
         return anp.where(condition, x, y)
+
+    def take_along_axis(self, x, indices, axis):
+        return _take_along_axis(x, np.asarray(self.to_numpy(indices)), axis)
+
+    def diagonal(self, x, offset=0):
+        return _diagonal(x, offset)
 
     def take(self, x, indices, axis):
         # autograd has no VJP for numpy.take; integer-array indexing has one (it accumulates)

@@ -856,5 +856,12 @@ class Multinomial(_CategoricalBase):
         return self.B.expand_dims(self.total_count, -1) * self.probs * (1.0 - self.probs)
 
     def entropy(self):
+        """Not available in closed form.
+
+        Raises
+        ------
+        NotImplementedError
+            Always (the categorical entropy of the base class does not apply).
+        """
         return self._unavailable("entropy")
 

@@ -996,7 +996,8 @@ def _kl_bernoulli_poisson(p, q):
 @register_kl(Geometric, Geometric)
 def _kl_geometric_geometric(p, q):
     """Cross-entropy: -H(p) - E_p[k] log(1 - q) - log q, E_p[k] = (1 - p) / p."""
-    return -p.entropy() - q._xlog_q(p.mean) - q._xlog_p(1.0)
+    m = p.mean
+    return -p.entropy() - q._xlog_q(m) - q._xlog_p(p.B.ones_like(m))
 
 
 @register_kl(NegativeBinomial, NegativeBinomial)

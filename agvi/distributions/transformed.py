@@ -44,8 +44,9 @@ class TransformedDistribution(Distribution):
 
     Examples
     --------
-    >>> import agvi.distributions as dist
-    >>> d = dist.TransformedDistribution(dist.Normal(0.0, 1.0), dist.ExpTransform())
+    >>> from agvi.distributions import Normal, ExpTransform
+    >>> from agvi.distributions.transformed import TransformedDistribution
+    >>> d = TransformedDistribution(Normal(0.0, 1.0), ExpTransform())
     >>> float(d.log_prob(1.0))  # the standard log-normal density at 1
     -0.9189385332046727
     """

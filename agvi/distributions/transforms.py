@@ -62,6 +62,18 @@ def _pshape(B, p):
     return () if isinstance(p, float) else B.shape(p)
 
 
+def _same_param(B, a, b) -> bool:
+    """Whether two transform parameters are equal: Python numbers by value, arrays by value
+    where they are concrete, and by identity where they are traced."""
+    if a is b:
+        return True
+    try:
+        xa, xb = np.asarray(B.to_numpy(B.asarray(a))), np.asarray(B.to_numpy(B.asarray(b)))
+    except Exception:  # traced (abstract) arrays have no values to compare
+        return False
+    return xa.shape == xb.shape and bool(np.all(xa == xb))
+
+
 def _finfo(B, x):
     return B.finfo(B.dtype_of(x))
 
@@ -251,6 +263,22 @@ class Transform:
         """Shape of ``t.inverse(y)`` for ``y`` of shape ``shape``."""
         return tuple(shape)
 
+    # equality --------------------------------------------------------------------------------
+    def __eq__(self, other):
+        """Transforms are equal when they are the same map: one type and equal parameters
+        (parameter-free transforms of one type are always equal)."""
+        if self is other:
+            return True
+        if type(self) is not type(other):
+            return False
+        return self._same_params(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
+    def _same_params(self, other) -> bool:
+        return True
+
     def __repr__(self):
         return f"{type(self).__name__}()"
 
@@ -293,6 +321,9 @@ class _InverseTransform(Transform):
 
     def inverse_shape(self, shape):
         return self.base.forward_shape(shape)
+
+    def _same_params(self, other):
+        return self.base == other.base
 
     def __repr__(self):
         return f"{self.base!r}.inv"
@@ -417,6 +448,10 @@ class ComposeTransform(Transform):
             shape = p.inverse_shape(shape)
         return tuple(shape)
 
+    def _same_params(self, other):
+        return len(self.parts) == len(other.parts) and all(
+            a == b for a, b in zip(self.parts, other.parts))
+
     def __repr__(self):
         return f"ComposeTransform([{', '.join(repr(p) for p in self.parts)}])"
 
@@ -478,6 +513,10 @@ class IndependentTransform(Transform):
 
     def inverse_shape(self, shape):
         return self.base_transform.inverse_shape(shape)
+
+    def _same_params(self, other):
+        return (self.reinterpreted_batch_ndims == other.reinterpreted_batch_ndims
+                and self.base_transform == other.base_transform)
 
     def __repr__(self):
         return f"IndependentTransform({self.base_transform!r}, {self.reinterpreted_batch_ndims})"
@@ -625,10 +664,11 @@ class AffineTransform(Transform):
 
     def log_abs_det_jacobian(self, x, y):
         B = self.B
+        # y carries the broadcast shape of x, loc and scale
         if isinstance(self.scale, float):
-            ladj = B.full_like(x, math.log(abs(self.scale)))
+            ladj = B.full_like(y, math.log(abs(self.scale)))
         else:
-            ladj = B.log(B.abs(self.scale)) * B.ones_like(x)
+            ladj = B.log(B.abs(self.scale)) * B.ones_like(y)
         return _sum_rightmost(B, ladj, self.event_dim)
 
     def forward_shape(self, shape):
@@ -636,6 +676,10 @@ class AffineTransform(Transform):
                                        _pshape(self.B, self.scale))
 
     inverse_shape = forward_shape
+
+    def _same_params(self, other):
+        return (self.event_dim == other.event_dim and _same_param(self.B, self.loc, other.loc)
+                and _same_param(self.B, self.scale, other.scale))
 
     def __repr__(self):
         return f"AffineTransform(loc={self.loc!r}, scale={self.scale!r}, " \
@@ -694,6 +738,9 @@ class PowerTransform(Transform):
         return self.B.broadcast_shapes(tuple(shape), _pshape(self.B, self.exponent))
 
     inverse_shape = forward_shape
+
+    def _same_params(self, other):
+        return _same_param(self.B, self.exponent, other.exponent)
 
     def __repr__(self):
         return f"PowerTransform(exponent={self.exponent!r})"

@@ -126,6 +126,10 @@ class trace(Messenger):
     ``with handlers.trace() as tr: model()`` fills the Trace ``tr``.
     """
 
+    def __init__(self, fn=None):
+        self.trace = Trace()
+        super().__init__(fn)
+
     def _reset(self):
         self.trace = Trace()
 

@@ -28,10 +28,10 @@ site from the handlers outside it).
 Backends: the primitives only call the distribution's own methods and the active Backend, so a
 model runs unchanged on NumPy+autograd, PyTorch and JAX, inside ``B.jit`` on JAX (handlers run
 while tracing; nothing syncs with the host) and inside ``B.vmap`` over values (for example a
-batch of latent values given through ``substitute``). Drawing inside ``B.vmap`` with a mapped
-*key* works on JAX only: the NumPy and torch backends keep keys on the host, where
-``torch.func.vmap`` cannot map them; draw vectorised particles with a plate or ``sample_shape``
-there instead.
+batch of latent values given through ``substitute``). ``B.vmap`` over a batch of *keys* (one
+seeded run per key) gives the same numbers as a loop over the keys on every backend, but only
+JAX vectorises it: the NumPy and torch backends keep keys on the host, so their ``vmap`` runs a
+Python loop there. For vectorised particles on torch, draw along a plate or ``sample_shape``.
 
 References
 ----------
@@ -200,10 +200,17 @@ def _draw(msg):
 
 
 def _default_value(msg):
-    if msg["type"] == "sample":
+    kind = msg["type"]
+    if kind == "sample":
         msg["value"] = _draw(msg)
-    else:
-        msg["value"] = msg["fn"](*msg["args"], **msg["kwargs"])
+        return
+    if msg["kwargs"].get("rng_key") is None:
+        # name the site in the error (the default functions do not know it)
+        if kind == "param" and callable(msg["args"][0]):
+            raise _missing_key("the param site with a callable init_value", msg["name"])
+        if kind == "plate" and msg["args"][1] < msg["args"][0]:
+            raise _missing_key("the subsampled plate", msg["name"])
+    msg["value"] = msg["fn"](*msg["args"], **msg["kwargs"])
 
 
 def _site(name, type_, fn, args=(), kwargs=None, value=None, is_observed=False, infer=None):

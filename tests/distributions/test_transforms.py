@@ -34,14 +34,29 @@ import agvi.distributions as dist
 from agvi.distributions import constraints
 from agvi.distributions.transformed import TransformedDistribution
 from agvi.distributions.transforms import (
-    AffineTransform, CholeskyTransform, ComposeTransform, CorrCholeskyTransform,
-    CorrMatrixCholeskyTransform, ExpTransform, IdentityTransform, IndependentTransform,
-    LowerCholeskyTransform, OrderedTransform, PowerTransform, SigmoidTransform,
-    SoftplusTransform, StickBreakingTransform, TanhTransform, Transform, biject_to, transform_to,
+    AffineTransform,
+    CholeskyTransform,
+    ComposeTransform,
+    CorrCholeskyTransform,
+    CorrMatrixCholeskyTransform,
+    ExpTransform,
+    IdentityTransform,
+    IndependentTransform,
+    LowerCholeskyTransform,
+    OrderedTransform,
+    PowerTransform,
+    SigmoidTransform,
+    SoftplusTransform,
+    StickBreakingTransform,
+    TanhTransform,
+    Transform,
+    biject_to,
+    transform_to,
 )
 
 ROUNDTRIP_TOL = {"float64": (1e-10, 1e-10), "float32": (2e-4, 2e-4)}
 LADJ_TOL = {"float64": (1e-9, 1e-9), "float32": (2e-4, 2e-4)}
+FD_STEP = {"float64": 1e-6, "float32": 1e-2}
 SEEDS = settings(max_examples=3, deadline=None, derandomize=True,
                  suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -175,8 +190,8 @@ CASES = [
         agvi.get_backend().asarray([0.5, -2.0, 4.0]), event_dim=1), (3,)),
     Case("power", lambda: PowerTransform(2.5), (4,), _positive, scalar=True),
     Case("power_negative", lambda: PowerTransform(-0.7), (4,), _positive, scalar=True),
-    Case("compose_exp_affine", lambda: ComposeTransform([ExpTransform(), AffineTransform(1.0, 3.0)]),
-         (4,), scalar=True),
+    Case("compose_exp_affine",
+         lambda: ComposeTransform([ExpTransform(), AffineTransform(1.0, 3.0)]), (4,), scalar=True),
     Case("exp_inv", lambda: ExpTransform().inv, (4,), _positive, scalar=True),
     Case("sigmoid_inv", lambda: SigmoidTransform().inv, (4,), _unit, scalar=True),
     Case("interval_array", lambda: biject_to(constraints.interval(np.array([-1.0, 0.0, 2.0, 5.0]),
@@ -251,9 +266,26 @@ def _analyse(B, case, x):
             # the batch elements are independent: summing them keeps each block of J
             return B.reshape(B.sum(out, axis=0), (-1,))
 
+        def total_ladj(x):
+            # the 0 * sum(x) term keeps constant log-dets (identity, affine) on the torch
+            # backend's tape: its grad raises for an output that does not depend on the input
+            return B.sum(t.log_abs_det_jacobian(x, t(x))) + 0.0 * B.sum(x)
+
+        # central differences of the summed log-det, all coordinates at once (an extra
+        # leading batch axis of perturbed inputs)
+        size = int(np.prod(B.shape(x)))
+        basis = B.asarray(np.eye(size).reshape((size,) + B.shape(x)), dtype=B.dtype_of(x))
+        h = FD_STEP[B.precision]
+        batch_axes = tuple(range(1, 1 + B.ndim(x) - t.domain.event_dim))
+
+        def ladj_of(z):
+            return B.sum(t.log_abs_det_jacobian(z, t(z)), axis=batch_axes)
+
+        fd = (ladj_of(x + h * basis) - ladj_of(x - h * basis)) / (2 * h)
         return {"y": y, "x_back": t.inv(y), "x_inverse": t.inverse(y), "ladj": ladj,
                 "inv_ladj": t.inv.log_abs_det_jacobian(y, x), "jac": B.jacobian(g)(v),
-                "in_domain": t.domain.check(x, B), "in_codomain": t.codomain.check(y, B)}
+                "in_domain": t.domain.check(x, B), "in_codomain": t.codomain.check(y, B),
+                "ladj_grad": B.grad(total_ladj)(x), "ladj_grad_fd": B.reshape(fd, B.shape(x))}
 
     return _compiled(B, ("analyse", case.id), run)(x)
 
@@ -305,6 +337,10 @@ def test_log_abs_det_jacobian_matches_autodiff(backend, case):
             assert sign != 0
         np.testing.assert_allclose(ladj[b], expected, rtol=rtol, atol=atol * max(1, jb.shape[0]),
                                    err_msg=f"{case.id}: batch element {b}")
+    if case.embed_in is None and B.precision == "float64":
+        # the log-det is differentiable (VI differentiates it): gradient vs central differences
+        np.testing.assert_allclose(_np(B, out["ladj_grad"]), _np(B, out["ladj_grad_fd"]),
+                                   rtol=1e-6, atol=1e-6, err_msg=f"{case.id}: d(ladj)/dx")
 
 
 def test_transforms_eager_equals_jit(backend):
@@ -438,7 +474,7 @@ def test_signs_and_inverse_object(backend):
         assert t.inv is t.inv and t.inv.inv is t
         assert t.inv.sign == 1.0
         with pytest.raises(NotImplementedError, match="sign"):
-            StickBreakingTransform().sign
+            _ = StickBreakingTransform().sign
         y = B.asarray([0.5, 2.0])
         _close(B, t.inv(y), np.log([0.5, 2.0]), ROUNDTRIP_TOL)
         assert "ExpTransform" in repr(t.inv)
@@ -454,6 +490,8 @@ def test_shape_functions(backend):
         assert CorrCholeskyTransform().inverse_shape((4, 4)) == (6,)
         t = AffineTransform(backend.zeros((3, 1)), 1.0)
         assert t.forward_shape((2,)) == (3, 2)
+        x = backend.zeros((2,))
+        assert backend.shape(t.log_abs_det_jacobian(x, t(x))) == (3, 2)
         with pytest.raises(ValueError, match="LowerCholeskyTransform.*n \\(n \\+ 1\\) / 2"):
             LowerCholeskyTransform()(backend.zeros((4,)))
         with pytest.raises(ValueError, match="CorrCholeskyTransform.*n \\(n - 1\\) / 2"):
@@ -612,9 +650,9 @@ def test_lognormal_matches_scipy(backend):
     _close(B, cdf, ref.cdf(values), tol)
     _close(B, icdf, ref.ppf(q), {"float64": (1e-9, 1e-9), "float32": (1e-4, 1e-5)})
     with pytest.raises(NotImplementedError):
-        d.mean
+        _ = d.mean
     with pytest.raises(NotImplementedError):
-        d.variance
+        _ = d.variance
     with pytest.raises(NotImplementedError):
         d.entropy()
 
@@ -794,3 +832,21 @@ def test_transformed_distribution_eager_equals_jit(backend):
         d = TransformedDistribution(dist.Normal(B.zeros((3,)), 1.0), StickBreakingTransform())
         y = d.sample(B.key(0), (2,))
         _close(B, B.jit(d.log_prob)(y), _np(B, d.log_prob(y)), LADJ_TOL)
+
+
+def test_transform_equality(backend):
+    B = backend
+    with agvi.use_backend(B):
+        assert ExpTransform() == ExpTransform() and ExpTransform() != SigmoidTransform()
+        assert ExpTransform().inv == ExpTransform().inv != ExpTransform()
+        assert AffineTransform(1.0, 2.0) == AffineTransform(1.0, 2.0)
+        assert AffineTransform(1.0, 2.0) != AffineTransform(1.0, 3.0)
+        assert AffineTransform(B.asarray([1.0, 2.0]), 2.0) == AffineTransform(
+            B.asarray([1.0, 2.0]), 2.0)
+        assert AffineTransform(1.0, 2.0) != AffineTransform(1.0, 2.0, event_dim=1)
+        assert PowerTransform(2.0) == PowerTransform(2.0) != PowerTransform(3.0)
+        assert biject_to(constraints.interval(0.0, 2.0)) == biject_to(constraints.interval(0, 2))
+        assert biject_to(constraints.real_vector) == biject_to(constraints.real_vector)
+        assert biject_to(constraints.positive_definite) == biject_to(
+            constraints.positive_definite)
+        assert len({ExpTransform(), ExpTransform(), TanhTransform()}) == 2

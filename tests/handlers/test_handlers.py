@@ -26,7 +26,8 @@ def model(y=None):
     return a, b
 
 
-def test_condition(B):
+def test_condition(B64):
+    B = B64
     cond = handlers.condition(model, data={"a": B.asarray(0.3)})
     tr = handlers.trace(handlers.seed(cond, rng_seed=0)).get_trace(B.asarray(1.0))
     assert tr["a"]["is_observed"] and float(tr["a"]["value"]) == pytest.approx(0.3)
@@ -43,7 +44,8 @@ def test_condition(B):
         handlers.condition(model)
 
 
-def test_substitute_keeps_sites_latent(B):
+def test_substitute_keeps_sites_latent(B64):
+    B = B64
     sub = handlers.substitute(model, data={"a": B.asarray(0.3), "b": B.asarray(-1.0)})
     tr = handlers.trace(sub).get_trace(B.asarray(1.0))   # no draws needed: no seed
     assert not tr["a"]["is_observed"] and not tr["b"]["is_observed"]
@@ -56,7 +58,8 @@ def test_substitute_keeps_sites_latent(B):
         handlers.substitute(model, data={}, substitute_fn=lambda s: None)
 
 
-def test_replay(B):
+def test_replay(B64):
+    B = B64
     def guide(y=None):
         sample("a", dist.Normal(10.0, 0.1))
         sample("b", dist.Normal(-10.0, 0.1))

@@ -76,9 +76,8 @@ def test_eight_schools_under_jit(B):
         assert len(traces) == 1
 
 
-def test_eight_schools_gradient(B):
-    if B.precision != "float64":
-        pytest.skip("finite differences need float64")
+def test_eight_schools_gradient(B64):
+    B = B64  # finite differences need float64
     mu, tau, tt = _points()[0]
     args = (B.asarray(Y), B.asarray(SIGMA))
     g = B.grad(lambda p: log_density(eight_schools, args, {}, p)[0])(_params(B, mu, tau, tt))
@@ -90,7 +89,8 @@ def test_eight_schools_gradient(B):
     assert B.shape(g["theta_tilde"]) == (8,)
 
 
-def test_log_density_under_vmap(B):
+def test_log_density_under_vmap(B64):
+    B = B64
     """A batch of latent points through ``B.vmap`` equals one call per point."""
     pts = _points()[:3]
     args = (B.asarray(Y), B.asarray(SIGMA))
@@ -102,7 +102,8 @@ def test_log_density_under_vmap(B):
     np.testing.assert_allclose(B.to_numpy(lps), expect, rtol=rtol)
 
 
-def test_seeded_model_under_jit_with_traced_key(B):
+def test_seeded_model_under_jit_with_traced_key(B64):
+    B = B64
     """On JAX the key may be a traced argument of the jitted function."""
     def draw(key):
         tr = handlers.trace(handlers.seed(eight_schools, rng_seed=key)).get_trace(
@@ -136,7 +137,8 @@ def test_scale_as_a_traced_argument_does_not_retrace(B):
         assert len(traces) == 1
 
 
-def test_constrain_unconstrain_and_potential_energy(B):
+def test_constrain_unconstrain_and_potential_energy(B64):
+    B = B64
     rtol = 1e-12 if B.precision == "float64" else 2e-5
     args = (B.asarray(Y), B.asarray(SIGMA))
     mu, tau, tt = _points()[1]
@@ -169,6 +171,24 @@ def test_potential_energy_of_param_free_model_with_subsampling(np_B):
     np.testing.assert_allclose(pe, -expect, rtol=1e-12)
 
 
-def test_log_density_of_a_model_without_sample_sites(B):
+def test_log_density_of_a_model_without_sample_sites(B64):
     lp, tr = log_density(lambda: None)
     assert float(lp) == 0.0 and len(tr) == 0
+    assert B64.shape(lp) == () and B64.is_floating(lp)
+
+
+def test_seeded_model_vmapped_over_keys(B64):
+    """One seeded run per key under ``B.vmap`` equals a loop over the keys."""
+    B = B64
+    args = (B.asarray(Y), B.asarray(SIGMA))
+
+    def draw(key):
+        tr = handlers.trace(handlers.seed(eight_schools, rng_seed=key)).get_trace(*args)
+        return tr["theta_tilde"]["value"], tr.log_prob_sum()
+    keys = B.split(B.key(2), 3)
+    tt, lp = B.vmap(draw)(keys)
+    assert B.shape(tt) == (3, 8) and B.shape(lp) == (3,)
+    for i in range(3):
+        tt_i, lp_i = draw(keys[i])
+        np.testing.assert_allclose(B.to_numpy(tt)[i], B.to_numpy(tt_i), rtol=1e-12)
+        np.testing.assert_allclose(B.to_numpy(lp)[i], float(lp_i), rtol=1e-12)

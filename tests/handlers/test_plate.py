@@ -19,7 +19,8 @@ def _trace(fn, *args, seed=0):
     return handlers.trace(handlers.seed(fn, rng_seed=seed)).get_trace(*args)
 
 
-def test_broadcast_and_auto_dims(B):
+def test_broadcast_and_auto_dims(B64):
+    B = B64
     def m():
         with plate("outer", 3):
             a = sample("a", dist.Normal(0.0, 1.0))
@@ -39,7 +40,8 @@ def test_broadcast_and_auto_dims(B):
     assert len(np.unique(np.round(b, 10))) == 15
 
 
-def test_explicit_dims(B):
+def test_explicit_dims(B64):
+    B = B64
     def m():
         with plate("x", 4, dim=-2):
             with plate("y", 3):                 # -1 is free, so "y" takes it
@@ -147,7 +149,8 @@ def test_plate_object_reused_keeps_its_subsample(np_B):
     np.testing.assert_array_equal(i1, i2)
 
 
-def test_subsample_primitive_and_local_params(B):
+def test_subsample_primitive_and_local_params(B64):
+    B = B64
     data = B.asarray(np.arange(20.0).reshape(10, 2))
 
     def m():

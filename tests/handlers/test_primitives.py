@@ -82,7 +82,8 @@ def test_duplicate_site_names_raise(np_B):
         handlers.trace(handlers.seed(model, rng_seed=0)).get_trace()
 
 
-def test_sample_needs_a_key(B):
+def test_sample_needs_a_key(B64):
+    B = B64
     def model():
         return sample("x", dist.Normal(0.0, 1.0))
     with pytest.raises(RuntimeError, match=r"handlers\.seed\(model, rng_seed=0\)"):
@@ -143,7 +144,8 @@ def test_seed_does_not_draw_for_given_values(np_B):
     assert float(b_free) == float(first)
 
 
-def test_rsample_gradient_flows_through_draws(B):
+def test_rsample_gradient_flows_through_draws(B64):
+    B = B64
     def f(loc):
         def model():
             return sample("x", dist.Normal(loc, 2.0))
@@ -152,7 +154,8 @@ def test_rsample_gradient_flows_through_draws(B):
     np.testing.assert_allclose(float(g), 3.0, rtol=1e-6)
 
 
-def test_param(B):
+def test_param(B64):
+    B = B64
     def model():
         return param("w", B.ones((2,)) * 0.5, constraint=constraints.positive, event_dim=1)
     assert float(B.sum(model())) == 1.0                   # no handler: the init value
@@ -164,7 +167,8 @@ def test_param(B):
     np.testing.assert_allclose(B.to_numpy(tr["w"]["value"]), [2.0, 3.0])
 
 
-def test_param_callable_init_needs_seed(B):
+def test_param_callable_init_needs_seed(B64):
+    B = B64
     def model():
         return param("w", lambda key: B.normal(key, (3,)))
     with pytest.raises(RuntimeError, match="seed"):
@@ -204,7 +208,8 @@ def test_factor_adds_to_log_density(B):
     assert tr["broadcast"]["fn"].batch_shape == (3,)
 
 
-def test_prng_key(B):
+def test_prng_key(B64):
+    B = B64
     assert handlers.prng_key() is None
     with handlers.seed(rng_seed=0):
         k1 = handlers.prng_key()

@@ -12,7 +12,8 @@ Neal (2011), "MCMC using Hamiltonian dynamics", Handbook of MCMC, section 5.3.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ...backends import get_backend
 from .integrators import IntegratorState, logdensity_and_grad_fn, velocity_verlet

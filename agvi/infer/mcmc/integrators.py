@@ -17,7 +17,8 @@ Leimkuhler and Reich (2004), "Simulating Hamiltonian Dynamics", chapter 4 (Stoer
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ...backends import get_backend
 

@@ -13,7 +13,8 @@ section 4.2 (Euclidean-Gaussian kinetic energies) and appendix A.4.2 (generalise
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from ...backends import get_backend
 

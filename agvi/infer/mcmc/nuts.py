@@ -25,7 +25,13 @@ until the trajectory makes a U-turn, a step diverges, or ``max_tree_depth`` doub
 
 The loop bodies are pure and fixed-shape, so ``B.jit(kernel)`` compiles a whole transition on
 JAX; on torch and NumPy the same code runs as Python loops, with the loop counters as Python
-ints and one gradient call (no ``vmap``) per step when C == 1.
+ints. One exception, for speed: on an eager backend (``compiles_control_flow`` False) a single
+chain with the default integrator takes a specialised path, the same algorithm written with
+Python control flow and Python floats for the per-chain scalars (energies, log weights,
+counters) and the U-turn checkpoints in a Python list. Eager frameworks pay 1-2 us of dispatch per
+array operation, and the batched, masked step needs about a hundred of them; the specialised
+step needs about fifteen. It consumes the same noise and gives the same results up to rounding
+(the tests check it against both the reference and the batched path).
 
 Random numbers (:func:`draw_noise`): per chain and transition, from the chain's key, a standard
 normal vector for the momentum and ``2 * max_tree_depth + 2**max_tree_depth`` uniforms: the
@@ -50,7 +56,10 @@ tree depth, divergences) and Stan 2.26 ``base_nuts.hpp`` (checks across subtrees
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
 
 from ...backends import get_backend
 from .hmc import HMCState, _per_chain, init
@@ -58,6 +67,7 @@ from .integrators import IntegratorState, logdensity_and_grad_fn, velocity_verle
 from .metrics import gaussian_euclidean
 from .proposal import progressive_biased_sampling, progressive_uniform_sampling, select
 from .termination import (
+    _ACROSS_PAIRS,
     init_checkpoints,
     is_iterative_turning,
     turning_across,
@@ -133,6 +143,13 @@ def noise_size(max_tree_depth: int) -> int:
     return 2 * max_tree_depth + 2 ** max_tree_depth
 
 
+def _draw_one(B, key, dim, dtype, num_uniforms):
+    """One chain's draws: a standard normal (dim,) and uniforms (num_uniforms,)."""
+    key_momentum, key_uniform = B.split(key, 2)
+    return (B.normal(key_momentum, (dim,), dtype=dtype),
+            B.uniform(key_uniform, (num_uniforms,), dtype=dtype))
+
+
 def draw_noise(keys, position, metric, max_tree_depth: int) -> NUTSNoise:
     """Draw the random numbers of one transition, each chain from its own key.
 
@@ -156,15 +173,11 @@ def draw_noise(keys, position, metric, max_tree_depth: int) -> NUTSNoise:
     depth = max_tree_depth
     n = noise_size(depth)
 
-    def one(key):
-        key_momentum, key_uniform = B.split(key, 2)
-        return B.normal(key_momentum, (d,), dtype=dtype), B.uniform(key_uniform, (n,), dtype=dtype)
-
     if B.shape(keys)[0] == 1:    # no map for one chain (cheaper on eager backends)
-        z, u = one(keys[0])
+        z, u = _draw_one(B, keys[0], d, dtype, n)
         z, u = z[None], u[None]
     else:
-        z, u = B.map(one, keys)
+        z, u = B.map(lambda key: _draw_one(B, key, d, dtype, n), keys)
     return NUTSNoise(metric.momentum_from_normal(z), u[:, :depth] < 0.5, u[:, depth:2 * depth],
                      u[:, 2 * depth:])
 
@@ -287,12 +300,12 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
         batched = num_chains > 1
         pick = _picker(B, num_chains)
         metric = gaussian_euclidean(inverse_mass_matrix)
-        if noise is None:
-            noise = draw_noise(keys, position, metric, max_depth)
         step_size = _per_chain(B, step_size, num_chains, dtype)
         if eager_single_chain and num_chains == 1:
-            return _eager_one_chain(B, value_and_grad_one, state, step_size, metric, noise,
+            return _eager_one_chain(B, value_and_grad_one, keys, state, step_size, metric, noise,
                                     max_depth, delta_energy_max)
+        if noise is None:
+            noise = draw_noise(keys, position, metric, max_depth)
         velocity_fn, kinetic_energy = metric.velocity, metric.kinetic_energy
         step = integrator(value_and_grad, metric)
         coefficients_right, coefficients_left = step.prepare(step_size), step.prepare(-step_size)
@@ -457,7 +470,7 @@ class _Row(NamedTuple):
     sum_prev2: object        # S(e-2)
 
 
-def _eager_one_chain(B, value_and_grad, state, step_size, metric, noise, max_depth,
+def _eager_one_chain(B, value_and_grad, keys, state, step_size, metric, noise, max_depth,
                      delta_energy_max):
     """The NUTS transition of :func:`build_kernel` for one chain on an eager backend.
 
@@ -487,18 +500,24 @@ def _eager_one_chain(B, value_and_grad, state, step_size, metric, noise, max_dep
         def position_step(position, p, right):
             return position + scaled[right] * p
     half = (0.5 * -eps, 0.5 * eps)
-    # one transfer for all the uniforms: directions, subtree and leaf draws
-    host = B.to_numpy(B.concatenate([B.astype(noise.going_right[0], B.dtype_of(noise.u_leaf)),
-                                     noise.u_subtree[0], noise.u_leaf[0]], axis=0))
-    going_right = [int(r) for r in host[:max_depth]]
-    u_subtree = host[max_depth:2 * max_depth]
-    u_leaf = host[2 * max_depth:]
+    if noise is None:   # the draws of draw_noise, the uniforms moved to the host at once
+        z, u = _draw_one(B, keys[0], B.shape(state.position)[1], B.dtype_of(state.position),
+                         noise_size(max_depth))
+        momentum = metric.momentum_from_normal(z[None])
+        u = B.to_numpy(u)
+        going_right = (u[:max_depth] < 0.5).tolist()
+        u_subtree, u_leaf = u[max_depth:2 * max_depth], u[2 * max_depth:]
+    else:
+        momentum = noise.momentum
+        u = B.to_numpy(B.concatenate([noise.u_subtree[0], noise.u_leaf[0]], axis=0))
+        going_right = B.to_numpy(noise.going_right[0]).tolist()
+        u_subtree, u_leaf = u[:max_depth], u[max_depth:]
     log = math.log
 
     def log_u(u):
         return log(u) if u > 0 else -inf
 
-    momentum0 = noise.momentum[0]
+    momentum0 = momentum[0]
     v0 = velocity(momentum0)
     energy0 = 0.5 * float(momentum0 @ v0) - float(state.logdensity[0])
     # ends: (position, momentum, grad, velocity); index 0 left, 1 right
@@ -587,12 +606,9 @@ def _eager_one_chain(B, value_and_grad, state, step_size, metric, noise, max_dep
         _, p_outer, _, v_outer = ends[1 - right]      # old trajectory, outer end
         ends[right] = (position, p, g, v)
         sum_new = momentum_sum - sum_before
-        rho = sum_before + sum_new
-        rho_old = sum_before + first[0]
-        rho_new = sum_new + p_inner
-        if not (float(v_outer @ rho) > 0 and float(v @ rho) > 0
-                and float(v_outer @ rho_old) > 0 and float(first[1] @ rho_old) > 0
-                and float(v_inner @ rho_new) > 0 and float(v @ rho_new) > 0):
+        sums = B.stack([sum_before + sum_new, sum_before + first[0], sum_new + p_inner], axis=1)
+        dots = B.to_numpy(B.stack([v_outer, v, first[1], v_inner]) @ sums)   # (4, 3)
+        if not np.all(dots[_ACROSS_PAIRS] > 0):
             turning = True
             break
 
@@ -600,7 +616,7 @@ def _eager_one_chain(B, value_and_grad, state, step_size, metric, noise, max_dep
     dtype, int_dtype, bool_dtype = B.dtype_of(state.position), B.int_dtype, B.dtype("bool")
     new_state = HMCState(position[None], B.reshape(logdensity, (1,)), grad[None])
     info = NUTSInfo(
-        momentum=noise.momentum, is_divergent=B.full((1,), diverging, dtype=bool_dtype),
+        momentum=momentum, is_divergent=B.full((1,), diverging, dtype=bool_dtype),
         is_turning=B.full((1,), turning, dtype=bool_dtype),
         energy=B.full((1,), energy, dtype=dtype),
         num_trajectory_expansions=B.full((1,), depth, dtype=int_dtype),

@@ -447,25 +447,52 @@ def _progress(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=True)
 
 
-def _nonfinite_message(structure, x, logdensity, grad, chain, tries) -> str:
+_PROBE_VALUES = (0.0, 1.0, 0.5, -0.5, 2.0, -2.0)
+_PROBE_MAX_DIM = 2000
+
+
+def _culprit(B, logdensity, x) -> int | None:
+    """The first coordinate of ``x`` (numpy, (d,)) whose change alone (to one of a few probe
+    values) makes the log density finite, or None."""
+    d = x.shape[0]
+    if d > _PROBE_MAX_DIM:
+        return None
+    points = np.repeat(x[None], d * len(_PROBE_VALUES), axis=0)
+    rows = np.arange(points.shape[0])
+    points[rows, rows // len(_PROBE_VALUES)] = np.tile(_PROBE_VALUES, d)
+    try:
+        values = B.to_numpy(B.vmap(logdensity)(B.asarray(points)))
+    except Exception:      # the probe is a courtesy of the error message: never mask it
+        return None
+    finite = np.isfinite(values).reshape(d, len(_PROBE_VALUES)).any(axis=1)
+    return int(np.argmax(finite)) if finite.any() else None
+
+
+def _nonfinite_message(B, logdensity, structure, x, value, grad, chain, tries) -> str:
     names = structure.coordinate_names()
     bad_x = ~np.isfinite(x)
     bad_g = ~np.isfinite(grad)
     if bad_x.any():
         j = int(np.argmax(bad_x))
         what = "the initial value itself is non-finite"
-    elif not np.isfinite(logdensity):
-        j = int(np.argmax(bad_g)) if bad_g.any() else int(np.argmax(np.abs(x)))
-        what = f"the log density is non-finite ({logdensity})"
-        if bad_g.any():
-            what += " and so is its gradient"
+    elif not np.isfinite(value):
+        what = f"the log density is non-finite ({value})"
+        j = _culprit(B, logdensity, x)
+        if j is not None:
+            what += " and becomes finite when only this coordinate changes"
+        else:
+            j = int(np.argmax(bad_g)) if bad_g.any() else int(np.argmax(np.abs(x)))
+            what += (" (no single coordinate could be blamed; this one has a non-finite "
+                     "gradient)" if bad_g.any() else
+                     " (no single coordinate could be blamed; this one is the largest)")
     else:
         j = int(np.argmax(bad_g))
-        what = f"the log density is finite ({logdensity:.6g}) but its gradient is non-finite"
+        what = f"the log density is finite ({value:.6g}) but its gradient is non-finite"
     tried = f" after {tries} uniform(-2, 2) draws" if tries else ""
-    return (f"no finite initial point for chain {chain}{tried}: {what}; at coordinate "
-            f"{names[j]} (flat index {j}) = {x[j]!r}, gradient {grad[j]!r}. Check the log "
-            "density's support and init_params (or pass init_strategy='uniform').")
+    return (f"no finite initial point for chain {chain}{tried}: {what}: coordinate "
+            f"{names[j]} (flat index {j}) = {float(x[j])!r}, gradient {float(grad[j])!r}. "
+            "Check the log density's support and init_params (or pass "
+            "init_strategy='uniform').")
 
 
 # --------------------------------------------------------------------------- compiled pieces
@@ -697,7 +724,7 @@ class MCMC:
         self._stats = None
 
     # ----------------------------------------------------------------------- public API
-    def warmup(self, key, *args, init_params=None):
+    def warmup(self, key, *args, init_params=None, collect_warmup=False, extra_fields=()):
         """Run warmup only; the adapted state becomes :attr:`post_warmup_state`.
 
         A following :meth:`run` skips warmup and samples from there (with ``run``'s key; the
@@ -711,8 +738,16 @@ class MCMC:
             Extra positional arguments of the log density (data).
         init_params : pytree, optional
             As for :meth:`run`.
+        collect_warmup : bool
+            Keep the warmup draws and statistics: :meth:`get_samples` and
+            :meth:`get_extra_fields` then return them (``num_warmup`` per chain), e.g. to look
+            at the acceptance statistic that dual averaging adapts.
+        extra_fields : tuple of str
+            As for :meth:`run` (with ``collect_warmup``).
         """
-        self._execute(key, args, init_params, (), do_warmup=True, do_sample=False)
+        self._check_extra_fields(extra_fields)
+        self._execute(key, args, init_params, tuple(extra_fields), do_warmup=True,
+                      do_sample=False, collect_warmup=bool(collect_warmup))
 
     def run(self, key, *args, init_params=None, extra_fields=()):
         """Run warmup (unless :attr:`post_warmup_state` is set) and sampling.
@@ -744,6 +779,7 @@ class MCMC:
             point is found (the message names the coordinate, its value and whether the log
             density or its gradient was non-finite), or an extra field is unknown.
         """
+        self._check_extra_fields(extra_fields)
         self._execute(key, args, init_params, tuple(extra_fields),
                       do_warmup=self.post_warmup_state is None, do_sample=True)
 
@@ -812,7 +848,9 @@ class MCMC:
         transitions = self.num_chains * self._num_transitions
         div = int(s["sample_divergent"].sum())
         pct = 100.0 * div / transitions if transitions else 0.0
-        lines.append(f"Number of divergences after warmup: {div} of {transitions} ({pct:.1f}%)")
+        phase = "during" if getattr(self, "_draws_are_warmup", False) else "after"
+        lines.append(f"Number of divergences {phase} warmup: {div} of {transitions} "
+                     f"({pct:.1f}%)")
         lines.append(f"Gradient evaluations: {int(s['warmup_steps'].sum())} in warmup, "
                      f"{int(s['sample_steps'].sum())} in sampling")
         nonfinite = s["warmup_nonfinite"] + s["sample_nonfinite"]
@@ -871,9 +909,8 @@ class MCMC:
             return self.chunk_size
         return 100 if B.has_jit else 10
 
-    def _execute(self, key, args, init_params, extra_fields, do_warmup, do_sample):
+    def _check_extra_fields(self, extra_fields):
         kernel = self.kernel
-        B = kernel.backend
         allowed = ("momentum", "logdensity_grad", "potential_energy")
         for name in extra_fields:
             if name not in allowed and name not in kernel._FIELDS and name not in (
@@ -881,6 +918,11 @@ class MCMC:
                 raise ValueError(f"unknown extra field {name!r}; recorded always: "
                                  f"{sorted(kernel._FIELDS) + ['logdensity', 'step_size']}; "
                                  f"on request: {list(allowed)}")
+
+    def _execute(self, key, args, init_params, extra_fields, do_warmup, do_sample,
+                 collect_warmup=False):
+        kernel = self.kernel
+        B = kernel.backend
         with use_backend(B):
             key = _as_key(B, key)
             start = self.post_warmup_state if not do_warmup else None
@@ -917,20 +959,19 @@ class MCMC:
             else:
                 groups = [[c] for c in range(self.num_chains)]
             results = []
-            interrupted = False
             for chains in groups:
                 sub_start = None if start is None else B.tree_map(
                     lambda leaf, chains=chains: leaf[chains[0]:chains[-1] + 1], start)
                 sub_init = None if init_flat is None else init_flat[chains[0]:chains[-1] + 1]
                 res = self._run_chains(B, chains, [chain_keys[c] for c in chains], sub_init,
-                                       sub_start, args, extra_fields, do_warmup, do_sample)
+                                       sub_start, args, extra_fields, do_warmup, do_sample,
+                                       collect_warmup)
                 results.append(res)
-                if res["interrupted"]:
-                    interrupted = True
+                if res["interrupted"]:     # Ctrl-C: keep what ran, start no further chain
                     break
-            self._collect(B, results, do_warmup, do_sample, interrupted)
+            self._collect(B, results, do_warmup, do_sample, collect_warmup)
 
-    def _collect(self, B, results, do_warmup, do_sample, interrupted):
+    def _collect(self, B, results, do_warmup, do_sample, collect_warmup):
         done = sum(len(r["chains"]) for r in results)
         if done < self.num_chains:
             warnings.warn(f"interrupted: only {done} of {self.num_chains} chains ran; the "
@@ -950,14 +991,15 @@ class MCMC:
         elif getattr(self, "_warmup_stats", None) is None:
             self._warmup_stats = {k: np.zeros(len(state.step_size), dtype=np.int64)
                                   for k in ("divergent", "steps", "nonfinite")}
-        if not do_sample:
+        if not do_sample and not collect_warmup:
             return
         lengths = [B.shape(r["samples"])[1] for r in results]
         n = min(lengths)
         self._samples = cat([r["samples"][:, :n] for r in results])
         self._extra = {name: cat([r["extra"][name][:, :n] for r in results])
                        for name in results[0]["extra"]}
-        self._num_transitions = n * self.thinning
+        self._draws_are_warmup = collect_warmup
+        self._num_transitions = n if collect_warmup else n * self.thinning
         w = self._warmup_stats
         self._stats = {
             "warmup_divergent": w["divergent"], "warmup_steps": w["steps"],
@@ -1027,8 +1069,21 @@ class MCMC:
                 bar.close()
         return carry, outputs, done, interrupted
 
+    @staticmethod
+    def _assemble(B, outputs, extra_fields):
+        """(samples (C, N, d), extra {name: (C, N, ...)}) from the kept chunk outputs."""
+        outputs = [o for o in outputs if B.shape(o["position"])[0] > 0]
+        if not outputs:
+            return None, {}
+        ys = {name: B.moveaxis(B.concatenate([o[name] for o in outputs], axis=0), 0, 1)
+              for name in outputs[0]}
+        samples = ys.pop("position")
+        if "potential_energy" in extra_fields:
+            ys["potential_energy"] = -ys["logdensity"]
+        return samples, ys
+
     def _run_chains(self, B, chains, chain_keys, init_flat, start, args, extra_fields,
-                    do_warmup, do_sample):
+                    do_warmup, do_sample, collect_warmup=False):
         kernel = self.kernel
         n = len(chains)
         dtype = B.float_dtype
@@ -1060,13 +1115,14 @@ class MCMC:
                          "window_end": np.zeros(self.num_warmup, dtype=bool)}
             flags["adapt"] = np.ones(self.num_warmup, dtype=bool) & (
                 kernel.adapt_step_size or kernel.adapt_mass_matrix)
-            carry = _Carry(state, step_size, imm,
-                           da_init(step_size[:1] if groups == 1 and n > 1 else step_size),
+            carry = _Carry(state, step_size, imm, da_init(step_size[:groups]),
                            w_init(groups, dim, dtype), _fold(B, chain_keys, 0),
                            zeros_int, zeros_int, zeros_int)
+            warmup_outputs = []
             if do_warmup and self.num_warmup > 0:
-                carry, _, done, interrupted = self._drive(B, fn, carry, self.num_warmup, args,
-                                                          "warmup", label, flags)
+                carry, warmup_outputs, done, interrupted = self._drive(
+                    B, fn, carry, self.num_warmup, args, "warmup", label, flags,
+                    keep_every=1 if collect_warmup else None)
                 if kernel.adapt_step_size and done == self.num_warmup:
                     carry = carry._replace(step_size=B.broadcast_to(
                         da_final(carry.dual_averaging), (n,)))
@@ -1079,11 +1135,16 @@ class MCMC:
         result = {"chains": chains, "state": start, "warmup": warmup_stats,
                   "interrupted": interrupted, "samples": B.zeros((n, 0, dim), dtype=dtype),
                   "extra": {}, "sample": no_stats}
+        if collect_warmup and start is not None and warmup_stats is not no_stats:
+            samples, extra = self._assemble(B, warmup_outputs, extra_fields)
+            if samples is not None:
+                result.update(samples=samples, extra=extra, sample=warmup_stats)
         if not do_sample or interrupted:
             return result
         total = self.num_samples * self.thinning
         imm = start.inverse_mass_matrix
-        carry = _Carry(start.hmc_state, start.step_size, imm, da_init(start.step_size),
+        # the same carry structure as warmup's (one compiled program for both phases)
+        carry = _Carry(start.hmc_state, start.step_size, imm, da_init(start.step_size[:groups]),
                        w_init(groups, dim, dtype), _fold(B, chain_keys, 1),
                        zeros_int, zeros_int, zeros_int)
         flags = {name: np.zeros(total, dtype=bool) for name in ("adapt", "slow", "window_end")}
@@ -1094,14 +1155,11 @@ class MCMC:
         result["sample"] = {"divergent": B.to_numpy(carry.num_divergent),
                             "steps": B.to_numpy(carry.num_steps),
                             "nonfinite": B.to_numpy(carry.num_nonfinite)}
-        outputs = [o for o in outputs if B.shape(o["position"])[0] > 0]
-        if outputs:
-            ys = {name: B.moveaxis(B.concatenate([o[name] for o in outputs], axis=0), 0, 1)
-                  for name in outputs[0]}
-            result["samples"] = ys.pop("position")
-            if "potential_energy" in extra_fields:
-                ys["potential_energy"] = -ys["logdensity"]
-            result["extra"] = ys
+        samples, extra = self._assemble(B, outputs, extra_fields)
+        if samples is not None:
+            result.update(samples=samples, extra=extra)
+        else:
+            result.update(samples=B.zeros((n, 0, dim), dtype=dtype), extra={})
         return result
 
     def _initial_state(self, B, chains, chain_keys, init_flat, args):
@@ -1132,8 +1190,10 @@ class MCMC:
                 return state, position
             if strategy != "uniform" or tries >= _INIT_TRIES:
                 c = int(np.argmax(bad))
-                raise ValueError(_nonfinite_message(structure, B.to_numpy(position)[c], ld[c],
-                                                    grad[c], chains[c], tries))
+                logdensity = _flat_logdensity(kernel, B, structure, args)
+                raise ValueError(_nonfinite_message(B, logdensity, structure,
+                                                    B.to_numpy(position)[c], ld[c], grad[c],
+                                                    chains[c], tries))
             tries += 1
             mask = B.asarray(bad)
             position = B.where(mask[:, None], draw(tries), position)

@@ -111,7 +111,10 @@ def test_acceptance_probability_matches_the_integrator(B, dense):
     np.testing.assert_allclose(B.to_numpy(new.position), want, rtol=1e-12)
     np.testing.assert_allclose(info.energy, np.where(accept, h1, h0), rtol=1e-12)
     np.testing.assert_array_equal(info.num_integration_steps, [5] * num_chains)
-    assert not info.is_divergent.any() and not info.num_nonfinite.any()
+    np.testing.assert_array_equal(info.is_divergent, h1 - h0 > 1000.0)
+    if not dense:   # eps 0.9 is unstable there (with the dense metric the problem is whitened)
+        assert info.is_divergent.any() and not info.is_divergent.all()
+    assert not info.num_nonfinite.any()
 
 
 def test_trajectory_length_sets_steps_per_chain(B):

@@ -224,7 +224,8 @@ def test_nonfinite_region_is_divergent_and_keeps_the_state(B):
     d = DEPTH
     noise = nuts.NUTSNoise(B.asarray([[5.0, 0.0, 0.0]]), B.asarray(np.ones((1, d), bool)),
                            B.full((1, d), 0.5), B.full((1, 2 ** d), 0.5))
-    new, info = kernel(None, state, B.asarray([0.1]), B.ones((1, 3)), noise)
+    keys = transition_keys(B, 0, 0, 1)   # ignored: the noise is given
+    new, info = kernel(keys, state, B.asarray([0.1]), B.ones((1, 3)), noise)
     np.testing.assert_array_equal(B.to_numpy(new.position), x)
     np.testing.assert_array_equal(B.to_numpy(new.logdensity), B.to_numpy(state.logdensity))
     assert bool(B.to_numpy(info.is_divergent)[0]) and not bool(B.to_numpy(info.is_turning)[0])
