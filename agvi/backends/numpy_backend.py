@@ -78,7 +78,8 @@ def _xlogy_dx(x, y):
 
 defvjp(_xlogy,
        lambda ans, x, y: lambda g: _unbroadcast(g * _xlogy_dx(x, y), np.shape(x)),
-       lambda ans, x, y: lambda g: _unbroadcast(g * np.where(x == 0, 0.0, x / np.where(x == 0, 1.0, y)), np.shape(y)))
+       lambda ans, x, y: lambda g: _unbroadcast(
+           g * np.where(x == 0, 0.0, x / np.where(x == 0, 1.0, y)), np.shape(y)))
 
 
 @primitive
@@ -215,7 +216,8 @@ class NumpyBackend(Backend):
         try:
             return np.dtype(_DTYPES[str(name)])
         except KeyError:
-            raise ValueError(f"unknown dtype name {name!r}; expected one of {list(_DTYPES)}") from None
+            raise ValueError(
+                f"unknown dtype name {name!r}; expected one of {list(_DTYPES)}") from None
 
     @property
     def float_dtype(self):
@@ -279,6 +281,28 @@ class NumpyBackend(Backend):
         # autograd has no VJP for numpy.take; integer-array indexing has one (it accumulates)
         idx = (slice(None),) * (axis % anp.ndim(x)) + (np.asarray(self.to_numpy(indices)),)
         return x[idx]
+
+    def sort(self, x, axis=-1):
+        if not isinstance(x, ArrayBox):
+            return np.sort(x, axis=axis)
+        # autograd differentiates sort of 1-d arrays only; gather by the sorting permutation
+        return self.take_along_axis(x, np.argsort(self.to_numpy(x), axis=axis, kind="stable"), axis)
+
+    def cumprod(self, x, axis):
+        if not isinstance(x, ArrayBox) or np.shape(x)[axis] == 0:
+            return anp.cumprod(x, axis=axis)
+        # autograd has no VJP for numpy.cumprod; a chain of products has one (exact with zeros)
+        xs = anp.moveaxis(x, axis, 0)
+        out = [xs[0]]
+        for k in range(1, np.shape(xs)[0]):
+            out.append(out[-1] * xs[k])
+        return anp.moveaxis(anp.stack(out), 0, axis)
+
+    def flip(self, x, axis):
+        # autograd has no VJP for numpy.flip; a reversed slice has one
+        axes = {a % anp.ndim(x) for a in ((axis,) if isinstance(axis, int) else axis)}
+        return x[tuple(slice(None, None, -1) if i in axes else slice(None)
+                       for i in range(anp.ndim(x)))]
 
     def solve_triangular(self, a, b, lower=True, trans=False):
         # autograd's solve_triangular is 2-d only; batch by looping over leading axes.

@@ -1216,7 +1216,9 @@ class TorchBackend(Backend):
             new[i] = x
         with torch.enable_grad():
             v = f(*new)
-            gs = torch.autograd.grad(v, xs, allow_unused=True)
+            # an output that does not depend on the inputs has zero gradient, as in torch.func
+            gs = (torch.autograd.grad(v, xs, allow_unused=True) if v.requires_grad
+                  else (None,) * len(xs))
         gs = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs))
         return v.detach(), (gs[0] if isinstance(argnums, int) else gs)
 

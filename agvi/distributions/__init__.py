@@ -20,11 +20,12 @@ from .mixture import *  # noqa: F403
 from .mixture import __all__ as _mixture_all
 from .multivariate import *  # noqa: F403
 from .multivariate import __all__ as _multivariate_all
+from .transformed import TransformedDistribution
 from .transforms import *  # noqa: F403
 from .transforms import __all__ as _transforms_all
 
 __all__ = [
     "Distribution", "ExpandedDistribution", "Independent", "MaskedDistribution", "constraints",
-    "enable_validation", "is_validation_enabled", "transforms",
+    "TransformedDistribution", "enable_validation", "is_validation_enabled", "transforms",
     *_continuous_all, *_discrete_all, *_mixture_all, *_multivariate_all, *_transforms_all,
 ]

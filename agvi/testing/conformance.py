@@ -10,7 +10,11 @@ backend is never its own oracle, so the suite checks it too.
 Besides values, every check compares the dtype (floating results have :attr:`Backend.float_dtype`)
 and the device (results live on :attr:`Backend.device`) of what the backend returns. Where the
 backend compiles (:attr:`Backend.has_jit`), control flow, dynamic indexing and callbacks are also
-checked inside :meth:`Backend.jit`, where their arguments are traced.
+checked inside :meth:`Backend.jit`, where their arguments are traced. There, too, the
+value-and-gradient computations of the elementwise, special-function, reduction, linear-algebra
+and Jacobian checks run as one compiled program per check rather than eagerly: an eager JAX
+operation is compiled once per shape and dtype, and dozens of such compilations per check would
+dominate the run; the other checks keep exercising the eager path.
 
 A third-party backend runs the suite with::
 
@@ -52,7 +56,8 @@ from agvi.backends.base import (
 
 __all__ = [
     "CHECKS", "CapabilityRow", "CheckResult", "CheckSkipped", "ConformanceError",
-    "FD_RTOL", "LINALG_RTOL", "MC_SIGMAS", "P_MIN", "SPECIAL_RTOL", "VALUE_RTOL",
+    "FD_RTOL", "FD_STEP", "GAMMA_GRAD_RTOL", "GRAD_RTOL", "LINALG_RTOL", "MC_SIGMAS", "NUM_DRAWS",
+    "P_MIN", "SPECIAL_RTOL", "VALUE_RTOL",
     "capability_markdown", "capability_table", "check_ids", "checks_for", "run_conformance",
 ]
 
@@ -100,10 +105,15 @@ CHECKS: dict[str, tuple[Callable[[Backend], None], ...]] = {}
 
 
 def _register(*names: str):
-    """Decorator: register a check under contract ``names``."""
+    """Decorator: register a check under contract ``names`` (and document it if it is not)."""
     def deco(fn):
         for name in names:
             CHECKS[name] = CHECKS.get(name, ()) + (fn,)
+        if not fn.__doc__:
+            fn.__doc__ = (f"Conformance check of ``Backend.{', '.join(names)}`` against "
+                          "NumPy/SciPy."
+                          "\n\nParameters\n----------\nB : Backend\n\nRaises\n------\n"
+                          "AssertionError\n    On the first disagreement (the message says what).")
         return fn
     return deco
 
@@ -845,6 +855,59 @@ def check_clip(B):
     _expect_grad(B, g, [0.0, 2.0, 3.0, 0.0, 0.0], table=GRAD_RTOL, what="grad of clip")
 
 
+_TAKE_IDX = np.array([[[3, 0, 0, 1]] * 3] * 2)
+
+#: name -> (backend function, NumPy oracle) of the array operations whose gradients
+#: ``check_array_op_gradients`` checks (all on an input of shape (2, 3, 4) with distinct entries).
+_GRAD_OPS = {
+    "reshape": (lambda B, x: B.reshape(x, (4, 6)), lambda x: x.reshape(4, 6)),
+    "expand_dims": (lambda B, x: B.expand_dims(x, 1), lambda x: np.expand_dims(x, 1)),
+    "squeeze": (lambda B, x: B.squeeze(B.reshape(x, (2, 1, 3, 4)), 1), lambda x: x),
+    "moveaxis": (lambda B, x: B.moveaxis(x, 0, -1), lambda x: np.moveaxis(x, 0, -1)),
+    "swapaxes": (lambda B, x: B.swapaxes(x, 0, 2), lambda x: np.swapaxes(x, 0, 2)),
+    "matrix_transpose": (lambda B, x: B.matrix_transpose(x), lambda x: np.swapaxes(x, -1, -2)),
+    "concatenate": (lambda B, x: B.concatenate([x, x * x], axis=1),
+                    lambda x: np.concatenate([x, x * x], axis=1)),
+    "stack": (lambda B, x: B.stack([x, x * x], axis=-1), lambda x: np.stack([x, x * x], -1)),
+    "flip": (lambda B, x: B.flip(x, 1), lambda x: np.flip(x, 1)),
+    "tile": (lambda B, x: B.tile(x, (1, 2, 1)), lambda x: np.tile(x, (1, 2, 1))),
+    "repeat": (lambda B, x: B.repeat(x, 2, axis=2), lambda x: np.repeat(x, 2, axis=2)),
+    "tril": (lambda B, x: B.tril(x), lambda x: np.tril(x)),
+    "triu": (lambda B, x: B.triu(x, 1), lambda x: np.triu(x, 1)),
+    "diagonal": (lambda B, x: B.diagonal(x, 1), lambda x: np.diagonal(x, 1, -2, -1)),
+    "take_along_axis": (lambda B, x: B.take_along_axis(x, _ints(B, _TAKE_IDX), axis=2),
+                        lambda x: np.take_along_axis(x, _TAKE_IDX, axis=2)),
+    "cumsum": (lambda B, x: B.cumsum(x, axis=1), lambda x: np.cumsum(x, 1)),
+    "cumprod": (lambda B, x: B.cumprod(x, axis=2), lambda x: np.cumprod(x, 2)),
+    "sort": (lambda B, x: B.sort(x, axis=-1), lambda x: np.sort(x, -1)),
+    "mean": (lambda B, x: B.mean(x, axis=(0, 2)), lambda x: np.mean(x, (0, 2))),
+    "var": (lambda B, x: B.var(x, axis=1, ddof=1), lambda x: np.var(x, 1, ddof=1)),
+    "einsum": (lambda B, x: B.einsum("ijk,ijk->i", x, x), lambda x: np.einsum("ijk,ijk->i", x, x)),
+    "dynamic_slice": (lambda B, x: B.dynamic_slice(x, 1, 2, axis=1), lambda x: x[:, 1:3]),
+}
+
+
+@_register(*_GRAD_OPS)
+def check_array_op_gradients(B):
+    """Gradients of the shape, indexing, scan and sort operations (against finite differences)."""
+    rng = _rng(6)
+    x = rng.permutation(24).reshape(2, 3, 4) / 10.0 - 1.1
+    # alternate the signs of a row of the sort axis so that sort really permutes
+    xb, x = _pair(B, x[..., rng.permutation(4)])
+    weights = {n: _pair(B, rng.normal(size=np.shape(f_np(x)))) for n, (_, f_np) in
+               _GRAD_OPS.items()}
+
+    def run(t, ws):
+        return {n: B.grad(lambda s, n=n: B.sum(_GRAD_OPS[n][0](B, s) * ws[n]))(t)
+                for n in _GRAD_OPS}
+
+    grads = _fused(B, run)(xb, {n: w[0] for n, w in weights.items()})
+    for n, (_, f_np) in _GRAD_OPS.items():
+        w = weights[n][1]
+        fd = _fd(lambda t, f_np=f_np, w=w: float(np.sum(f_np(t) * w)), (x,), 0)
+        _expect_grad(B, grads[n], fd, what=f"grad of {n}")
+
+
 # ============================================================================================
 # arrays: reductions
 
@@ -1229,6 +1292,16 @@ def check_cho_solve(B):
     expected = np.linalg.solve(low @ np.swapaxes(low, -1, -2), b)
     _expect(B, B.cho_solve(lb, bb), expected, rtol=_rtol(B, LINALG_RTOL),
             atol=_rtol(B, LINALG_RTOL), what="cho_solve (batched)")
+    wb, w = _pair(B, rng.normal(size=(3, 2)))
+    gl, gb = _fused(B, B.grad(lambda p, q, u: B.sum(B.cho_solve(B.tril(p), q) * u),
+                              argnums=(0, 1)))(lb[0], bb[0], wb)
+
+    def loss(p, q):
+        p = np.tril(p)
+        return float(np.sum(np.linalg.solve(p @ p.T, q) * w))
+
+    _expect_grad(B, gl, _fd(loss, (low[0], b[0]), 0), what="grad of cho_solve w.r.t. chol")
+    _expect_grad(B, gb, _fd(loss, (low[0], b[0]), 1), what="grad of cho_solve w.r.t. b")
 
 
 @_register("solve")

@@ -11,10 +11,9 @@ transition:
   first half plus the first leaf of the second, second half plus the last leaf of the first:
   Betancourt 2017, A.4.2, with Stan 2.26's extra checks), and abandoned at the first U-turn or
   divergence;
-- within the subtree being added, leaf ``j`` (the ``j``-th leapfrog step of the transition,
-  counting from 0) becomes the subtree's proposal when ``log(u_leaf[j]) + log(sum_i W_i) <
-  log W_j`` over the subtree's leaves so far (progressive uniform sampling,
-  ``log W = H0 - H``);
+- within the subtree being added, its leaf ``j`` (counting from 0 within the subtree) becomes
+  the subtree's proposal when ``log(u_leaf[j]) + log(sum_i W_i) < log W_j`` over the subtree's
+  leaves so far (progressive uniform sampling, ``log W = H0 - H``);
 - a valid subtree's proposal replaces the trajectory's when
   ``log(u_subtree[k]) + log W_trajectory < log W_subtree`` (biased progressive sampling), then
   the joined trajectory is checked (whole, and across the two parts);
@@ -100,8 +99,8 @@ def reference_nuts(logdensity_and_grad: Callable, position, step_size: float,
         Direction of each doubling.
     u_subtree : array_like, shape (max_tree_depth,)
         Uniforms for the biased progressive sampling after each doubling.
-    u_leaf : array_like, shape (>= 2**max_tree_depth - 1,)
-        One uniform per leapfrog step, in the order the steps are taken.
+    u_leaf : array_like, shape (2**(max_tree_depth - 1),)
+        One uniform per leaf index within a subtree (shared by the subtrees).
     max_tree_depth : int
     delta_energy_max : float
     logdensity, logdensity_grad : optional
@@ -143,15 +142,16 @@ def reference_nuts(logdensity_and_grad: Callable, position, step_size: float,
     energy0 = kinetic(p0, velocity(p0)) - start.logdensity
 
     # counters and the subtree's running proposal, threaded through the recursion
-    ctx = {"steps": 0, "sum_accept": 0.0, "sub_log_weight": -math.inf, "sub_proposal": None,
+    ctx = {"steps": 0, "sub_steps": 0, "sum_accept": 0.0, "sub_log_weight": -math.inf, "sub_proposal": None,
            "diverging": False, "nonfinite": False, "turning": False}
 
     def build(leaf, depth, step):
         """Returns (valid, p_begin, v_begin, p_end, v_end, rho, last_leaf)."""
         if depth == 0:
             new = leapfrog(leaf, step)
-            j = ctx["steps"]
+            j = ctx["sub_steps"]
             ctx["steps"] += 1
+            ctx["sub_steps"] += 1
             v = velocity(new.p)
             energy = kinetic(new.p, v) - new.logdensity
             log_weight = energy0 - energy
@@ -191,6 +191,7 @@ def reference_nuts(logdensity_and_grad: Callable, position, step_size: float,
         go_right = bool(going_right[depth])
         ctx["sub_log_weight"] = -math.inf
         ctx["sub_proposal"] = None
+        ctx["sub_steps"] = 0
         ok, p_begin, v_begin, p_end, v_end, rho_sub, last = build(
             right if go_right else left, depth, eps if go_right else -eps)
         depth += 1

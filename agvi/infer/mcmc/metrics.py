@@ -88,7 +88,7 @@ def gaussian_euclidean(inverse_mass_matrix) -> EuclideanMetric:
     Betancourt (2017), arXiv:1701.02434, section 4.2 and appendix A.4.2.
     """
     B = get_backend()
-    imm = inverse_mass_matrix
+    imm = B.asarray(inverse_mass_matrix)
     ndim = B.ndim(imm)
     if ndim not in (2, 3):
         raise ValueError("inverse_mass_matrix must have shape (C, d) (diagonal) or (C, d, d) "

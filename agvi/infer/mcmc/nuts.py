@@ -34,10 +34,10 @@ step needs about fifteen. It consumes the same noise and gives the same results 
 (the tests check it against both the reference and the batched path).
 
 Random numbers (:func:`draw_noise`): per chain and transition, from the chain's key, a standard
-normal vector for the momentum and ``2 * max_tree_depth + 2**max_tree_depth`` uniforms: the
-direction of each doubling (right when ``u < 1/2``), the biased-progressive uniform of each
-doubling, and one uniform per leapfrog step (indexed by the number of steps taken before it) for
-the progressive sampling within subtrees. Passing the same numbers to
+normal vector for the momentum and ``2 * max_tree_depth + 2**(max_tree_depth - 1)`` uniforms:
+the direction of each doubling (right when ``u < 1/2``), the biased-progressive uniform of each
+doubling, and one uniform per leaf index within a subtree for the progressive sampling within
+subtrees (shared by the subtrees; see :class:`NUTSNoise`). Passing the same numbers to
 :func:`agvi.testing.reference_nuts.reference_nuts` (a recursive implementation) reproduces the
 transition.
 
@@ -127,9 +127,12 @@ class NUTSNoise(NamedTuple):
         Direction of each doubling (D = ``max_tree_depth``).
     u_subtree : Array, shape (C, D)
         Uniforms on [0, 1) for the biased progressive sampling after each doubling.
-    u_leaf : Array, shape (C, 2**D)
-        Uniforms on [0, 1) for the progressive sampling within subtrees; the ``j``-th leapfrog
-        step of the transition (counting from 0) uses ``u_leaf[:, j]``.
+    u_leaf : Array, shape (C, 2**(D-1))
+        Uniforms on [0, 1) for the progressive sampling within subtrees: leaf ``n`` of every
+        subtree (counting from 0 within the subtree) uses ``u_leaf[:, n]``. Sharing them between
+        subtrees correlates the subtrees' proposals but not the law of the sample: which
+        subtree's proposal is kept depends only on ``u_subtree`` and the weights, and each
+        subtree's proposal has the right law on its own.
     """
 
     momentum: object
@@ -139,8 +142,8 @@ class NUTSNoise(NamedTuple):
 
 
 def noise_size(max_tree_depth: int) -> int:
-    """Number of uniforms drawn per chain and transition: ``2 * D + 2**D``."""
-    return 2 * max_tree_depth + 2 ** max_tree_depth
+    """Number of uniforms drawn per chain and transition: ``2 * D + 2**(D-1)``."""
+    return 2 * max_tree_depth + 2 ** (max_tree_depth - 1)
 
 
 def _draw_one(B, key, dim, dtype, num_uniforms):
@@ -252,7 +255,7 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
         active backend's operations.
     max_tree_depth : int
         Maximum number of doublings D (at most ``2**D - 1`` leapfrog steps per transition);
-        between 1 and 20. Each transition draws ``2 * D + 2**D`` uniforms per chain.
+        between 1 and 20. Each transition draws ``2 * D + 2**(D-1)`` uniforms per chain.
     delta_energy_max : float
         Energy error (``H - H0``) above which a leaf is divergent (Stan: 1000).
     integrator : callable
@@ -312,7 +315,7 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
         momentum0 = noise.momentum
         energy0 = kinetic_energy(momentum0) - state.logdensity
         log_u_subtree = B.log(noise.u_subtree)
-        log_u_leaf = B.log(noise.u_leaf)
+        u_leaf = noise.u_leaf
         going_right = noise.going_right
         slots = B.reshape(B.repeat(B.arange(max_depth), 2, axis=0), (max_depth, 2))
         offsets = B.reshape(B.tile(B.arange(2), (max_depth,)), (max_depth, 2))
@@ -350,7 +353,6 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
             begin = pick(right, t.right, t.left)
             coefficients = pick(right, coefficients_right, coefficients_left)
             num_leaves = 1 << k
-            first_leaf = num_leaves - 1   # steps taken before this subtree
 
             def inner_cond(s):
                 return B.any(s.active) & (s.leaf_index < num_leaves)
@@ -374,7 +376,7 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
                     sum_accept = s.sum_accept + accept
                     stop_log_weight = log_weight
                 subtree_log_weight = B.logaddexp(s.log_weight, log_weight)
-                take = progressive_uniform_sampling(log_u_leaf[:, first_leaf + n],
+                take = progressive_uniform_sampling(B.log(u_leaf[:, n]),
                                                     subtree_log_weight, log_weight)
                 proposal = pick(take, _Proposal(leaf.position, energy, leaf.logdensity,
                                                 leaf.logdensity_grad), s.proposal)
@@ -539,7 +541,6 @@ def _eager_one_chain(B, value_and_grad, keys, state, step_size, metric, noise, m
         sub_log_weight, sub_proposal = -inf, None
         first = None
         stop = None      # None, "turn" or "diverge"
-        first_leaf = (1 << k) - 1
         for n in range(1 << k):
             p_prev, v_prev = p, v
             p = p + h * g
@@ -554,7 +555,7 @@ def _eager_one_chain(B, value_and_grad, keys, state, step_size, metric, noise, m
             num_steps += 1
             sum_accept += math.exp(min(lw, 0.0))
             total = _logaddexp(sub_log_weight, lw)
-            if log_u(u_leaf[first_leaf + n]) + total < lw:
+            if log_u(u_leaf[n]) + total < lw:
                 sub_proposal = (position, logdensity, g, energy)
             sub_log_weight = total
             new_sum = momentum_sum + p

@@ -923,7 +923,8 @@ class MCMC:
                  collect_warmup=False):
         kernel = self.kernel
         B = kernel.backend
-        with use_backend(B):
+        # non-finite values are expected (divergences) and counted: no NumPy warnings for them
+        with use_backend(B), np.errstate(all="ignore"):
             key = _as_key(B, key)
             start = self.post_warmup_state if not do_warmup else None
             if init_params is not None:

@@ -218,7 +218,7 @@ def test_find_reasonable_step_size_halves_away_from_nonfinite_regions(B):
 
 
 # ------------------------------------------------------------------------------ end to end
-SCALES = np.array([0.3, 1.0, 3.0, 0.5])
+SCALES = np.array([0.2, 1.0, 4.0, 0.5])     # variances 0.04 to 16
 
 
 @pytest.fixture(scope="module")
@@ -227,45 +227,44 @@ def gaussian_runs():
 
 
 def _gaussian_run(B, cache):
+    """One NUTS warmup (500 transitions, collected) and sampling run per backend."""
     if B.name not in cache:
         scales = B.asarray(SCALES)
         kernel = NUTS(logdensity_fn=lambda x: -0.5 * B.sum((x / scales) ** 2))
-        mcmc = MCMC(kernel, num_warmup=500, num_samples=400, progress_bar=False)
-        mcmc.run(B.key(3), init_params=B.zeros(4))
-        cache[B.name] = mcmc
+        mcmc = MCMC(kernel, num_warmup=500, num_samples=300, progress_bar=False)
+        mcmc.warmup(B.key(3), init_params=B.zeros(4), collect_warmup=True)
+        warmup_accept = B.to_numpy(mcmc.get_extra_fields()["accept_prob"])
+        mcmc.run(B.key(3))
+        cache[B.name] = (mcmc, warmup_accept)
     return cache[B.name]
 
 
 def test_adapted_diagonal_inverse_mass_matrix_is_the_variance(B, gaussian_runs):
-    """After Stan's windows the inverse mass matrix estimates the posterior variances (an
-    ill-conditioned Gaussian: variances 0.09 to 9)."""
-    mcmc = _gaussian_run(B, gaussian_runs)
+    """After Stan's windows the inverse mass matrix estimates the posterior variances of an
+    ill-conditioned Gaussian."""
+    mcmc, _ = _gaussian_run(B, gaussian_runs)
     imm = B.to_numpy(mcmc.adapted_params["inverse_mass_matrix"])[0]
-    # the last slow window holds 200 draws: relative sd of a variance estimate ~ 0.1-0.2
-    np.testing.assert_allclose(imm, SCALES ** 2, rtol=0.4)
-    assert np.all(np.abs(np.log(imm / SCALES ** 2)) < 0.4)
+    # the last slow window (250..449) holds 200 draws: a variance estimate has a relative sd
+    # of about 0.1 to 0.2
+    assert np.all(np.abs(np.log(imm / SCALES ** 2)) < 0.45), imm / SCALES ** 2
 
 
-def test_dual_averaging_reaches_the_target_acceptance(B):
+def test_dual_averaging_reaches_the_target_acceptance(B, gaussian_runs):
     """Dual averaging drives the mean acceptance statistic of the adapting transitions to the
-    target (Hoffman and Gelman 2014, section 3.2): one uninterrupted run of 400 updates on a
-    Gaussian, with the true metric so that only the step size adapts."""
-    scales = B.asarray(SCALES)
-    kernel = NUTS(logdensity_fn=lambda x: -0.5 * B.sum((x / scales) ** 2),
-                  adapt_mass_matrix=False, inverse_mass_matrix=SCALES ** 2)
-    mcmc = MCMC(kernel, num_warmup=400, num_samples=0, progress_bar=False)
-    mcmc.warmup(B.key(4), init_params=B.zeros(4), collect_warmup=True)
-    accept = B.to_numpy(mcmc.get_extra_fields()["accept_prob"])
-    assert accept.shape == (400,)
-    assert abs(accept[50:].mean() - 0.8) < 0.05, accept[50:].mean()
+    target (Hoffman and Gelman 2014, section 3.2): the last slow window (transitions 250 to
+    449) adapts the step size without a restart, with a fixed metric."""
+    _, accept = _gaussian_run(B, gaussian_runs)
+    assert accept.shape == (500,)
+    assert abs(accept[300:450].mean() - 0.8) < 0.05, accept[300:450].mean()
 
 
 def test_sampling_acceptance_after_warmup(B, gaussian_runs):
     """With the averaged step size the acceptance is at or a little above the target (the
     average of log step sizes lies below the iterates), and the step size suits a metric that
     made the target isotropic (about 1 in d = 4)."""
-    mcmc = _gaussian_run(B, gaussian_runs)
+    mcmc, _ = _gaussian_run(B, gaussian_runs)
     accept = B.to_numpy(mcmc.get_extra_fields()["accept_prob"])
+    assert accept.shape == (300,)
     assert 0.75 < accept.mean() < 0.97, accept.mean()
     step = B.to_numpy(mcmc.adapted_params["step_size"])
     assert 0.3 < step[0] < 1.6

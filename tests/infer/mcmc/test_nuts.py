@@ -4,9 +4,9 @@ Oracles:
 
 - the recursive reference NUTS (:func:`agvi.testing.reference_nuts.reference_nuts`, NumPy
   float64), fed the same noise: same final state, steps, depth, U-turn and divergence flags and
-  acceptance statistic, transition by transition, on Gaussians with holes (NaN and -inf regions),
-  a correlated Gaussian with a dense metric, a banana and a funnel, with step sizes that make the
-  trees hit the maximum depth and diverge;
+  acceptance statistic, transition by transition, on an isotropic Gaussian, a diagonal Gaussian
+  with holes (NaN and -inf regions), a correlated Gaussian with a dense metric, a banana and a
+  funnel, with step sizes that make the trees hit the maximum depth and diverge;
 - one-chain runs: chain i of a C-chain run equals a one-chain run with chain i's key;
 - closed-form Gaussian moments, within 4 Monte Carlo standard errors (batch means).
 """
@@ -82,7 +82,15 @@ def funnel(B):
 
 # name: (target, dim, inverse mass matrix of one chain, step-size phases per chain
 #        [(num transitions, (eps chain 0, eps chain 1))])
+def isotropic(B):
+    def logdensity(x):
+        return -0.5 * B.sum(x * x)
+
+    return logdensity
+
+
 CASES = {
+    "isotropic": (isotropic, 4, np.ones(4), [(20, (0.5, 0.3))]),
     "gauss_holes": (gauss_holes, 3, np.ones(3),
                     [(14, (0.25, 0.18)), (4, (0.004, 0.005)), (5, (1.0, 0.9))]),
     "correlated_dense": (correlated, 3, COV * 1.1 + 0.05 * np.eye(3),
@@ -223,7 +231,7 @@ def test_nonfinite_region_is_divergent_and_keeps_the_state(B):
     state = hmc.init(B.asarray(x), gauss_holes(B))
     d = DEPTH
     noise = nuts.NUTSNoise(B.asarray([[5.0, 0.0, 0.0]]), B.asarray(np.ones((1, d), bool)),
-                           B.full((1, d), 0.5), B.full((1, 2 ** d), 0.5))
+                           B.full((1, d), 0.5), B.full((1, 2 ** (d - 1)), 0.5))
     keys = transition_keys(B, 0, 0, 1)   # ignored: the noise is given
     new, info = kernel(keys, state, B.asarray([0.1]), B.ones((1, 3)), noise)
     np.testing.assert_array_equal(B.to_numpy(new.position), x)
