@@ -16,6 +16,9 @@ from .distribution import (
     enable_validation,
     is_validation_enabled,
 )
+from .interop import from_numpyro, from_torch, to_numpyro, to_torch
+from .kl import *  # noqa: F403
+from .kl import __all__ as _kl_all
 from .mixture import *  # noqa: F403
 from .mixture import __all__ as _mixture_all
 from .multivariate import *  # noqa: F403
@@ -27,5 +30,6 @@ from .transforms import __all__ as _transforms_all
 __all__ = [
     "Distribution", "ExpandedDistribution", "Independent", "MaskedDistribution", "constraints",
     "TransformedDistribution", "enable_validation", "is_validation_enabled", "transforms",
+    "from_numpyro", "from_torch", "to_numpyro", "to_torch", *_kl_all,
     *_continuous_all, *_discrete_all, *_mixture_all, *_multivariate_all, *_transforms_all,
 ]

@@ -17,9 +17,9 @@ Families converted (both directions, where the other side has them): Normal, Log
 HalfNormal, HalfCauchy, Cauchy, StudentT, Laplace, Logistic (NumPyro only; to torch as the
 equivalent TransformedDistribution), Gumbel, Exponential, Gamma, InverseGamma, Chi2, Beta,
 Uniform, Weibull, Pareto, VonMises, Dirichlet, MultivariateNormal, LowRankMultivariateNormal,
-LKJCholesky, Bernoulli, Binomial, Categorical, OneHotCategorical, Poisson, Geometric,
-NegativeBinomial, Multinomial, Delta (NumPyro only), Independent, MixtureSameFamily, and the
-expanded and masked wrappers (masked: NumPyro only).
+LKJCholesky, Bernoulli, Binomial, Categorical, OneHotCategorical (torch only: NumPyro has none),
+Poisson, Geometric, NegativeBinomial, Multinomial, Delta (NumPyro only), Independent,
+MixtureSameFamily, and the expanded and masked wrappers (masked: NumPyro only).
 
 Parametrisation notes:
 
@@ -47,7 +47,7 @@ from ..backends import get_backend
 from . import continuous as C
 from . import discrete as D
 from . import multivariate as M
-from .distribution import ExpandedDistribution, Independent, MaskedDistribution
+from .distribution import Independent
 from .mixture import MixtureSameFamily
 
 __all__ = ["from_numpyro", "from_torch", "to_numpyro", "to_torch"]
@@ -197,8 +197,6 @@ _FROM_NUMPYRO.update({
     "NegativeBinomial2": _from_numpyro_nb2,
     "CategoricalProbs": lambda d, a: D.Categorical(probs=a(d.probs)),
     "CategoricalLogits": lambda d, a: D.Categorical(logits=a(d.logits)),
-    "OneHotCategoricalProbs": lambda d, a: D.OneHotCategorical(probs=a(d.probs)),
-    "OneHotCategoricalLogits": lambda d, a: D.OneHotCategorical(logits=a(d.logits)),
     "MultinomialProbs": lambda d, a: D.Multinomial(a(d.total_count), probs=a(d.probs)),
     "MultinomialLogits": lambda d, a: D.Multinomial(a(d.total_count), logits=a(d.logits)),
     "Independent": lambda d, a: Independent(from_numpyro(d.base_dist),
@@ -384,7 +382,6 @@ _TO_NUMPYRO.update({
     "NegativeBinomial": lambda nd, d, a: _to_numpyro_binary(nd, "NegativeBinomial", d, a,
                                                             total_count=a(d.total_count)),
     "Categorical": lambda nd, d, a: _to_numpyro_binary(nd, "Categorical", d, a),
-    "OneHotCategorical": lambda nd, d, a: _to_numpyro_binary(nd, "OneHotCategorical", d, a),
     "Multinomial": lambda nd, d, a: _to_numpyro_binary(nd, "Multinomial", d, a,
                                                        total_count=a(d.total_count)),
     "Independent": lambda nd, d, a: nd.Independent(to_numpyro(d.base_dist),

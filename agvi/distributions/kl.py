@@ -326,8 +326,16 @@ def registered_kl_pairs() -> list:
 
 
 def _rule_summary(rule) -> str:
+    """The first paragraph of the rule's docstring, on one line."""
     doc = (rule.__doc__ or "").strip()
-    return doc.splitlines()[0].strip() if doc else rule.__name__
+    if not doc:
+        return rule.__name__
+    return " ".join(line.strip() for line in doc.split("\n\n")[0].splitlines())
+
+
+def _markdown_cell(text: str) -> str:
+    """``text`` with its pipes escaped: a "|" (norms, determinants) would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def kl_table_markdown() -> str:
@@ -337,7 +345,7 @@ def kl_table_markdown() -> str:
     -------
     str
         A title, the lookup rules, and one table row per registered pair: ``p``, ``q`` and
-        the first line of the rule's docstring.
+        the first paragraph of the rule's docstring.
     """
     rows = sorted(((tp.__name__, tq.__name__, _rule_summary(rule))
                    for (tp, tq), rule in _KL_REGISTRY.items()))
@@ -361,7 +369,7 @@ def kl_table_markdown() -> str:
         "| p | q | rule |",
         "| --- | --- | --- |",
     ]
-    lines += [f"| {p} | {q} | {summary} |" for p, q, summary in rows]
+    lines += [f"| {p} | {q} | {_markdown_cell(summary)} |" for p, q, summary in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -865,7 +873,8 @@ def _half_log_det(d):
 
 @register_kl(MultivariateNormal, MultivariateNormal)
 def _kl_mvn_mvn(p, q):
-    """Closed form: log|L_q| - log|L_p| + (||L_q^{-1} L_p||_F^2 + ||L_q^{-1}(m_q - m_p)||^2 - d) / 2."""
+    """Closed form: log|L_q| - log|L_p| + (||L_q^{-1} L_p||_F^2 + ||L_q^{-1}(m_q - m_p)||^2
+    - d) / 2."""
     B = p.B
     d = p.event_shape[0]
     Lq, Lp = _broadcast_batch(B, q._L, p._L)

@@ -107,9 +107,8 @@ def stop_gradient_distribution(d):
             "arg_constraints; use the plain (non path-derivative) estimator for this site")
     kwargs = {n: (B.stop_gradient(getattr(d, n)) if B.is_array(getattr(d, n))
                   else getattr(d, n)) for n in names}
-    for extra in ("event_dim",):
-        if hasattr(d, extra) and extra not in kwargs and type(d).__name__ == "Delta":
-            kwargs[extra] = d.event_dim
+    if type(d).__name__ == "Delta":  # its event_dim is a constructor argument too
+        kwargs["event_dim"] = d.event_dim
     out = type(d)(**kwargs)
     if tuple(out.batch_shape) != tuple(d.batch_shape):
         out = out.expand(d.batch_shape)

@@ -75,6 +75,7 @@ class Predictive:
         self.num_samples = int(num_samples)
         self.return_sites = None if return_sites is None else list(return_sites)
         self.B = B
+        self._fn = None
 
     def _one(self, key, sample, args, kwargs):
         B = self.B
@@ -114,7 +115,9 @@ class Predictive:
             B = self.B
             key = sanitize_seed(key)
             keys = B.split(key, self.num_samples)
-            if self.posterior_samples is None:
-                return B.vmap(lambda k: self._one(k, None, args, kwargs))(keys)
-            return B.vmap(lambda k, s: self._one(k, s, args, kwargs))(keys,
-                                                                      self.posterior_samples)
+            if self._fn is None:
+                # compiled once per Predictive object where the backend compiles (JAX)
+                self._fn = B.jit(lambda ks, post, a, kw: B.vmap(
+                    lambda k, s: self._one(k, s, a, kw),
+                    in_axes=(0, None if post is None else 0))(ks, post))
+            return self._fn(keys, self.posterior_samples, args, kwargs)

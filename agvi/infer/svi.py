@@ -97,7 +97,10 @@ class SVI:
         ``loss(key, params, model, guide, *args, **kwargs) -> scalar`` to minimise, e.g.
         ``Trace_ELBO()`` (any callable with this signature is a custom objective).
     **static_kwargs
-        Keyword arguments passed to the model and guide on every call.
+        Keyword arguments passed to the model and guide on every call; they are closed over
+        (static under ``jit``), so Python values such as sizes may go here. Positional and
+        keyword arguments of ``update`` / ``run`` are traced on JAX (new Array values do not
+        recompile, but Python ints that set shapes must be static kwargs).
 
     Raises
     ------
@@ -189,6 +192,8 @@ class SVI:
     def _loss_and_grads(self, key, params_u, args, kwargs, forward_mode):
         B = self.B
 
+        kwargs = {**self.static_kwargs, **kwargs}  # closed over: static under jit
+
         def f(u):
             return self.loss(key, self._constrain(u), self.model, self.guide, *args, **kwargs)
 
@@ -255,7 +260,7 @@ class SVI:
         self._check_init()
         with use_backend(self.B):
             fn = self._compiled_step(False, bool(forward_mode_differentiation))
-            return fn(state, args, {**self.static_kwargs, **kwargs})
+            return fn(state, args, kwargs)
 
     def stable_update(self, state: SVIState, *args, forward_mode_differentiation: bool = False,
                       **kwargs):
@@ -270,7 +275,7 @@ class SVI:
         self._check_init()
         with use_backend(self.B):
             fn = self._compiled_step(True, bool(forward_mode_differentiation))
-            return fn(state, args, {**self.static_kwargs, **kwargs})
+            return fn(state, args, kwargs)
 
     def evaluate(self, state: SVIState, *args, **kwargs):
         """The objective at the current parameters, with a key derived from ``state`` (which is
@@ -344,7 +349,7 @@ class SVI:
             else:
                 self._check_init_from(init_state, args, kwargs, key)
                 state = init_state
-            kw = {**self.static_kwargs, **kwargs}
+            kw = kwargs
             bar = _make_bar(num_steps, progress_bar)
             losses = []
             fwd = bool(forward_mode_differentiation)

@@ -25,8 +25,23 @@ from .conformance import (
     checks_for,
     run_conformance,
 )
+from .agreement import (
+    AGREEMENT_ATOL,
+    AGREEMENT_RTOL,
+    AgreementError,
+    assert_agree,
+    installed_backends,
+    max_relative_error,
+    run_on_all,
+    to_host,
+)
+from .reference_nuts import ReferenceNUTSResult, reference_nuts
+from .shared_noise import SharedNoise, is_shared_noise
 
 __all__ = [
+    "AGREEMENT_ATOL", "AGREEMENT_RTOL", "AgreementError", "ReferenceNUTSResult", "SharedNoise", "assert_agree",
+    "installed_backends", "is_shared_noise", "max_relative_error", "reference_nuts", "run_on_all",
+    "to_host",
     "CHECKS", "CapabilityRow", "CheckResult", "CheckSkipped", "ConformanceError",
     "capability_markdown", "capability_table", "check_ids", "checks_for", "run_conformance",
 ]

@@ -142,8 +142,8 @@ def reference_nuts(logdensity_and_grad: Callable, position, step_size: float,
     energy0 = kinetic(p0, velocity(p0)) - start.logdensity
 
     # counters and the subtree's running proposal, threaded through the recursion
-    ctx = {"steps": 0, "sub_steps": 0, "sum_accept": 0.0, "sub_log_weight": -math.inf, "sub_proposal": None,
-           "diverging": False, "nonfinite": False, "turning": False}
+    ctx = {"steps": 0, "sub_steps": 0, "sum_accept": 0.0, "sub_log_weight": -math.inf,
+           "sub_proposal": None, "diverging": False, "nonfinite": False, "turning": False}
 
     def build(leaf, depth, step):
         """Returns (valid, p_begin, v_begin, p_end, v_end, rho, last_leaf)."""

@@ -604,7 +604,7 @@ def _eager_one_chain(B, value_and_grad, keys, state, step_size, metric, noise, m
             proposal = sub_proposal
         log_weight = _logaddexp(log_weight, sub_log_weight)
         _, p_inner, _, v_inner = ends[right]          # old trajectory, inner end
-        _, p_outer, _, v_outer = ends[1 - right]      # old trajectory, outer end
+        v_outer = ends[1 - right][3]                  # old trajectory, outer end
         ends[right] = (position, p, g, v)
         sum_new = momentum_sum - sum_before
         sums = B.stack([sum_before + sum_new, sum_before + first[0], sum_new + p_inner], axis=1)

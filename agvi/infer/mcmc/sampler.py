@@ -5,11 +5,12 @@ sampling for a batch of chains, written once on the Backend:
 
 - chains live on a leading axis (positions (C, d)); chain ``c`` draws its random numbers from
   ``B.fold_in(key, c)`` only, so chain 0 of a 4-chain run equals a 1-chain run with the same key;
-- warmup is one pure per-transition body driven by per-transition schedule flags (built in
-  Python by :func:`~.adaptation.windows.windowed_schedule`) and run as a ``B.scan`` over chunks
-  of transitions; sampling likewise. On JAX each chunk is one compiled call (``B.jit``), cached
-  on the kernel object so that a second run with data of the same shapes does not recompile;
-  on torch and NumPy the same code runs as Python loops;
+- warmup and sampling run one pure per-transition body, driven by per-transition flags (the
+  schedule of Stan's windows, built in Python by :func:`~.adaptation.windows.windowed_schedule`;
+  all off while sampling), as a ``B.scan`` over chunks of transitions. On JAX a chunk is one
+  compiled call (``B.jit``), the same program for both phases, cached on the kernel object so
+  that a second run with data of the same shapes does not recompile; on torch and NumPy the
+  same code runs as Python loops;
 - the progress bar (tqdm, when installed and stderr is a terminal) moves once per chunk;
   Ctrl-C between chunks keeps the draws collected so far (with a warning);
 - non-finite log densities or gradients never raise inside a run: the kernels treat them as
@@ -148,18 +149,18 @@ class _HamiltonianKernel:
     def _fields(self, info) -> dict:
         raise NotImplementedError
 
-    def _initial_step_size(self, chains, dtype):
+    def _initial_step_size(self, chains, num_chains, dtype):
         """The starting step sizes of chains ``chains`` (list of ints), shape (len(chains),)."""
         B = self.backend
         eps = self.step_size
         arr = np.asarray(B.to_numpy(eps) if B.is_array(eps) else eps, dtype=np.float64)
         if arr.ndim == 0:
             arr = np.full(len(chains), float(arr))
-        elif arr.ndim == 1 and arr.shape[0] > max(chains):
+        elif arr.shape == (num_chains,):
             arr = arr[list(chains)]
         else:
             raise ValueError("step_size must be a positive float or an array of shape "
-                             f"(num_chains,); got shape {arr.shape}")
+                             f"(num_chains,) = ({num_chains},); got shape {arr.shape}")
         if not np.all(arr > 0) or not np.all(np.isfinite(arr)):
             raise ValueError(f"step_size must be positive and finite, got {arr}")
         return B.asarray(arr, dtype=dtype)
@@ -375,6 +376,8 @@ class _Structure:
         self.sizes = [int(math.prod(s)) for s in self.shapes]
         self.dim = sum(self.sizes)
         self.leaf_names = [_path_name(p) for p in optree.tree_paths(tree, none_is_leaf=False)]
+        self.flat_vector = (len(self.shapes) == 1 and len(self.shapes[0]) == 1
+                            and B.is_array(tree))
         self.key = (self.treedef, tuple(self.shapes))
 
     def coordinate_names(self) -> list:
@@ -397,6 +400,8 @@ class _Structure:
 
     def unravel(self, B, flat):
         """Leaves of shape ``lead + shape`` from ``flat`` of shape ``lead + (d,)``."""
+        if self.flat_vector:            # params are one (d,) Array: nothing to do
+            return flat
         lead = tuple(B.shape(flat))[:-1]
         if len(self.shapes) == 1:
             return B.tree_unflatten(self.treedef, [B.reshape(flat, lead + self.shapes[0])])
@@ -408,16 +413,12 @@ class _Structure:
 
 
 def _is_batched(B, init_params, num_chains) -> bool:
-    """Whether ``init_params`` carries a leading chain axis (see MCMC.run)."""
-    if num_chains == 1:
-        leaves = B.tree_leaves(init_params)
-        single = len(leaves) == 1 and B.is_array(init_params)
-        if single and B.ndim(init_params) == 2 and B.shape(init_params)[0] == 1:
-            return True
-        return False
+    """Whether ``init_params`` carries a leading chain axis (see :meth:`MCMC.run`)."""
     leaves = [B.asarray(leaf) for leaf in B.tree_leaves(init_params)]
-    if len(leaves) == 1 and B.ndim(leaves[0]) == 1 and not isinstance(init_params, (dict, list,
-                                                                                     tuple)):
+    single = len(leaves) == 1 and B.is_array(init_params)
+    if num_chains == 1:          # only flat positions of shape (1, d) are read as batched
+        return single and B.ndim(leaves[0]) == 2 and B.shape(leaves[0])[0] == 1
+    if single and B.ndim(leaves[0]) == 1:
         return False
     return all(B.ndim(leaf) >= 1 and B.shape(leaf)[0] == num_chains for leaf in leaves)
 
@@ -764,8 +765,9 @@ class MCMC:
         init_params : pytree of Arrays, optional
             The initial point of one chain (broadcast to all chains), or with a leading axis of
             length ``num_chains`` on every leaf (one point per chain; a single 1-d Array is
-            always one point). Required unless continuing from :attr:`post_warmup_state`;
-            with ``init_strategy="uniform"`` or ``"zeros"`` only its structure is used.
+            always one point; with one chain only a single Array of shape (1, d) is read as
+            batched). Required unless continuing from :attr:`post_warmup_state`; with
+            ``init_strategy="uniform"`` or ``"zeros"`` only its structure is used.
         extra_fields : tuple of str
             Per-draw quantities to keep besides the default ones (``accept_prob``,
             ``num_steps``, ``diverging``, ``energy``, ``num_nonfinite``, ``logdensity``,
@@ -985,7 +987,7 @@ class MCMC:
             (B.tree_map(lambda *leaves: cat(list(leaves)), *[r["state"][i] for r in results])
              if i == 0 else cat([r["state"][i] for r in results])) for i in range(3)])
         self.last_state = state
-        if do_warmup:
+        if do_warmup and not do_sample:       # as NumPyro: only warmup() sets it
             self.post_warmup_state = state
             self._warmup_stats = {k: np.concatenate([r["warmup"][k] for r in results])
                                   for k in results[0]["warmup"]}
@@ -1099,7 +1101,7 @@ class MCMC:
         if start is None:
             state, init_flat = self._initial_state(B, chains, chain_keys, init_flat, args)
             dim = B.shape(init_flat)[-1]
-            step_size = kernel._initial_step_size(chains, dtype)
+            step_size = kernel._initial_step_size(chains, self.num_chains, dtype)
             imm = kernel._initial_inverse_mass_matrix(chains, dim, self.num_chains, dtype)
             if do_warmup and self.num_warmup > 0 and (kernel.adapt_step_size
                                                       or kernel.adapt_mass_matrix):
@@ -1107,7 +1109,13 @@ class MCMC:
                     warmup_init = self._compiled(B, "warmup_init", n)
                     step_size = warmup_init(_fold(B, chain_keys, 3), state, step_size, imm, args)
                 if kernel.adapt_mass_matrix:
-                    windows = windowed_schedule(self.num_warmup)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")    # warned below, at the user's call
+                        windows = windowed_schedule(self.num_warmup)
+                    if self.num_warmup < 20:
+                        warnings.warn(f"num_warmup={self.num_warmup} < 20: only the step size "
+                                      "is adapted (Stan's rule); the mass matrix keeps its "
+                                      "initial value", UserWarning, stacklevel=5)
                 else:
                     windows = [AdaptationWindow(0, self.num_warmup - 1, False)]
                 flags = schedule_arrays(windows, self.num_warmup)

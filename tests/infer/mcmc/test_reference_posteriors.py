@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,18 @@ def load(name):
     return module, data, reference
 
 
+def _backends():
+    """The installed backends, narrowed by AGVI_TEST_BACKENDS as in tests/conftest.py."""
+    wanted = os.environ.get("AGVI_TEST_BACKENDS", "").strip()
+    names = available_backends()
+    if wanted:
+        names = [n for n in names if n in {w.strip().lower() for w in wanted.split(",")}]
+    return names
+
+
 def cases():
     out = []
-    for backend in available_backends():
+    for backend in _backends():
         for name in POSTERIORS:
             if backend != "jax" and name not in EAGER_SUBSET:
                 continue
@@ -77,7 +87,11 @@ def check(draws, module, data, reference):
 
 @pytest.mark.parametrize(("backend_name", "posterior"), cases())
 def test_nuts_recovers_the_reference_posterior(backend_name, posterior):
-    B = make_backend(backend_name, precision="float64")
+    device = os.environ.get("AGVI_TEST_DEVICE") or None
+    try:
+        B = make_backend(backend_name, precision="float64", device=device)
+    except ValueError as exc:
+        pytest.skip(f"backend {backend_name!r} cannot use device {device!r} here: {exc}")
     module, data, reference = load(posterior)
     eager = backend_name != "jax"
     with agvi.use_backend(B):

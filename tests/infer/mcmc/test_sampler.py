@@ -9,16 +9,17 @@ run with new data of the same shape compiles nothing).
 
 from __future__ import annotations
 
+import io
 import math
+import os
 import sys
-import warnings
 
 import numpy as np
 import pytest
 
 import agvi
 from agvi.backends import make_backend
-from agvi.infer.mcmc import HMC, MCMC, NUTS, MCMCState, sampler
+from agvi.infer.mcmc import HMC, MCMC, NUTS, MCMCState
 
 SD = np.array([1.0, 2.0, 0.5])
 
@@ -33,6 +34,10 @@ def B(backend):
 
 @pytest.fixture
 def NP():
+    """The NumPy backend, for tests of driver logic that no backend changes."""
+    wanted = os.environ.get("AGVI_TEST_BACKENDS", "").strip()
+    if wanted and "numpy" not in wanted.lower():
+        pytest.skip("AGVI_TEST_BACKENDS leaves numpy out (driver logic runs there)")
     with agvi.use_backend("numpy", precision="float64") as backend:
         yield backend
 
@@ -179,6 +184,23 @@ def test_pytree_parameters_extra_fields_and_thinning(B):
         full.run(B.key(0), init_params=init, extra_fields=("nope",))
 
 
+def test_warmup_tree_depth_and_hmc_steps(NP):
+    B = NP
+    sd = B.asarray(SD)
+    kernel = NUTS(logdensity_fn=lambda x: -0.5 * B.sum((x / sd) ** 2), max_tree_depth=3,
+                  max_tree_depth_warmup=1, step_size=0.05, adapt_step_size=False)
+    mcmc = MCMC(kernel, num_warmup=30, num_samples=30, progress_bar=False)
+    mcmc.warmup(B.key(0), init_params=B.zeros(3), collect_warmup=True)
+    assert B.to_numpy(mcmc.get_extra_fields()["tree_depth"]).max() == 1
+    mcmc.run(B.key(0))
+    depth = B.to_numpy(mcmc.get_extra_fields()["tree_depth"])
+    assert depth.max() == 3    # a tiny step size: every tree grows to the maximum
+    hmc_kernel = HMC(logdensity_fn=lambda x: -0.5 * B.sum((x / sd) ** 2), num_steps=6)
+    mcmc = MCMC(hmc_kernel, num_warmup=30, num_samples=10, progress_bar=False)
+    mcmc.run(B.key(1), init_params=B.zeros(3))
+    np.testing.assert_array_equal(B.to_numpy(mcmc.get_extra_fields()["num_steps"]), 6)
+
+
 def test_sequential_chains_equal_vectorized(NP):
     B = NP
     kernel = gaussian_kernel(B)
@@ -239,6 +261,14 @@ def test_constructor_errors():
         MCMC(NUTS(logdensity_fn=abs), num_warmup=1, num_samples=1, num_chains=0)
     with pytest.raises(ValueError, match="chain_method"):
         MCMC(NUTS(logdensity_fn=abs), num_warmup=1, num_samples=1, chain_method="parallel")
+    B = agvi.get_backend()
+    ld = lambda x: -B.sum(x ** 2)   # noqa: E731
+    with pytest.raises(ValueError, match=r"step_size .* \(num_chains,\) = \(2,\)"):
+        MCMC(NUTS(logdensity_fn=ld, step_size=np.ones(3)), num_warmup=1, num_samples=1,
+             num_chains=2).run(0, init_params=np.zeros(2))
+    with pytest.raises(ValueError, match=r"inverse_mass_matrix .* \(2, 2\) or \(2, 2, 2\)"):
+        MCMC(NUTS(logdensity_fn=ld, dense_mass=True, inverse_mass_matrix=np.ones(2)),
+             num_warmup=1, num_samples=1, num_chains=2).run(0, init_params=np.zeros(2))
 
 
 def test_nonfinite_initial_point_names_the_coordinate(NP):
@@ -270,7 +300,7 @@ def test_uniform_init_strategy_retries_until_finite(NP):
         return B.where(B.all(x > 1.0), -0.5 * B.sum((x - 1.5) ** 2), -math.inf)
 
     kernel = NUTS(logdensity_fn=logdensity, init_strategy="uniform")
-    mcmc = MCMC(kernel, num_warmup=10, num_samples=5, num_chains=3, progress_bar=False)
+    mcmc = MCMC(kernel, num_warmup=20, num_samples=5, num_chains=3, progress_bar=False)
     mcmc.run(B.key(1), init_params=B.zeros(2))
     assert np.all(B.to_numpy(mcmc.get_samples()) > 1.0)
     never = NUTS(logdensity_fn=lambda x: B.sum(x) - math.inf, init_strategy="uniform")
@@ -359,7 +389,10 @@ def test_get_samples_before_run_raises():
 def test_second_run_with_new_data_does_not_recompile():
     if "jax" not in agvi.backends.available_backends():
         pytest.skip("jax is not installed")
-    B = make_backend("jax", precision="float64")
+    wanted = os.environ.get("AGVI_TEST_BACKENDS", "").strip()
+    if wanted and "jax" not in wanted.lower():
+        pytest.skip("AGVI_TEST_BACKENDS leaves jax out")
+    B = make_backend("jax", precision="float64", device=os.environ.get("AGVI_TEST_DEVICE") or None)
     traces = {"n": 0}
 
     def logdensity(x, scale):
@@ -380,10 +413,26 @@ def test_second_run_with_new_data_does_not_recompile():
         assert draws.shape == (140, 3) and np.all(np.isfinite(draws))
 
 
-def test_progress_bar_is_off_without_a_terminal(NP, capsys):
-    mcmc = MCMC(gaussian_kernel(NP), num_warmup=10, num_samples=10, progress_bar=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        mcmc.run(0, init_params=NP.zeros(3))
-    assert "warmup" not in capsys.readouterr().err
-    assert sampler._progress(True, 10, "x") is None    # stderr is not a tty under pytest
+def test_progress_bar_only_on_a_terminal(NP, monkeypatch):
+    mcmc = MCMC(gaussian_kernel(NP), num_warmup=20, num_samples=20, progress_bar=True,
+                chunk_size=10)
+    quiet = io.StringIO()                       # not a terminal: no bar
+    monkeypatch.setattr(sys, "stderr", quiet)
+    mcmc.run(0, init_params=NP.zeros(3))
+    assert quiet.getvalue() == ""
+    pytest.importorskip("tqdm")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    mcmc.run(0, init_params=NP.zeros(3))
+    text = terminal.getvalue()
+    assert "warmup" in text and "sample" in text and "20/20" in text
+    off = MCMC(gaussian_kernel(NP), num_warmup=20, num_samples=20, progress_bar=False)
+    terminal.truncate(0)
+    terminal.seek(0)
+    off.run(0, init_params=NP.zeros(3))
+    assert terminal.getvalue() == ""

@@ -207,8 +207,8 @@ def test_second_run_does_not_retrace(B64):
         assert len(calls) == 2 * n1
 
 
-def test_predictive(B64):
-    B = B64
+def test_predictive(np_B):
+    B = np_B
     guide = ag.AutoNormal(model2)
     svi = SVI(model2, guide, Adam(0.01), Trace_ELBO())
     res = svi.run(B.key(0), 5, B.asarray(Y), progress_bar=False)
@@ -221,6 +221,15 @@ def test_predictive(B64):
     assert B.shape(prior["mu"]) == (3,) and B.shape(prior["y"]) == (3, 4)
     with pytest.raises(ValueError):
         Predictive(model2)
+
+
+def test_predictive_every_backend(B64):
+    B = B64
+    post = {"mu": B.asarray(np.array([0.0, 1.0, 2.0])), "s": B.asarray(np.array([1.0, 1.0, 1.0]))}
+    pred = Predictive(model2, posterior_samples=post)(B.key(0), None)
+    assert B.shape(pred["y"]) == (3, 4)
+    # each draw used its own posterior sample
+    assert float(B.mean(pred["y"][2])) > float(B.mean(pred["y"][0]))
 
 
 def test_agreement_across_backends_shared_noise():
@@ -260,3 +269,19 @@ def test_svi_argument_errors(np_B):
 def np_B():
     with agvi.use_backend("numpy", precision="float64") as b:
         yield b
+
+
+def test_static_kwargs_stay_static(B64):
+    B = B64
+
+    def sized_model(y, n):
+        mu = agvi.sample("mu", dist.Normal(M0, S0))
+        with agvi.plate("data", n):  # n sets a shape: it must not be traced
+            agvi.sample("y", dist.Normal(mu, SIGMA), obs=y)
+
+    guide = ag.AutoDelta(sized_model)
+    svi = SVI(sized_model, guide, Adam(0.05), Trace_ELBO(), n=len(Y))
+    res = svi.run(B.key(0), 3, B.asarray(Y), progress_bar=False)
+    assert B.shape(res.losses) == (3,)
+    state, loss = svi.update(res.state, B.asarray(Y))
+    assert np.isfinite(float(loss))

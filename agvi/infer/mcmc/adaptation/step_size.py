@@ -80,7 +80,8 @@ def find_reasonable_step_size(keys, state, logdensity_fn: Callable, inverse_mass
     eps0 = step_size
     ratio0 = log_ratio(eps0)
     increase = ratio0 > target_log_ratio
-    factor = B.where(increase, 2.0, 0.5)
+    # (a Python-float where would be float64 on NumPy: keep the step size's dtype)
+    factor = B.where(increase, 2.0 * B.ones_like(eps0), 0.5 * B.ones_like(eps0))
 
     def crossed(ratio):
         return B.where(increase, ~(ratio > target_log_ratio), ~(ratio < target_log_ratio))
