@@ -13,7 +13,7 @@ import importlib
 import importlib.util
 import os
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from .base import CONTRACT, Backend, framework_of
 

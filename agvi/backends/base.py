@@ -31,7 +31,8 @@ transformations of Python+NumPy programs").
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import optree
@@ -77,8 +78,8 @@ CONTRACT = {
         "bitwise_and", "bitwise_or", "bitwise_xor", "left_shift", "right_shift", "popcount",
     ),
     "dtype_device": (
-        "float_dtype", "int_dtype", "dtype", "dtype_of", "astype", "finfo", "is_floating", "device_of",
-        "to_device", "available_devices",
+        "float_dtype", "int_dtype", "dtype", "dtype_of", "astype", "finfo", "is_floating",
+        "device_of", "to_device", "available_devices",
     ),
     "random": (
         "key", "split", "fold_in", "key_data", "normal", "uniform", "gamma", "poisson",
@@ -768,6 +769,15 @@ class Backend:
         """Standard deviation over ``axis`` with ``ddof`` delta degrees of freedom."""
         return self.sqrt(self.var(x, axis=axis, keepdims=keepdims, ddof=ddof))
 
+    def assign_(self, x, value):
+        """Write ``value`` into the Array ``x`` in place where the framework has mutable arrays
+        (torch; outside autograd), and return the updated array; elsewhere return ``value``.
+
+        Not part of :data:`CONTRACT`: it exists for the borch-style step functions, whose users
+        keep references to their parameter tensors. Algorithms stay functional.
+        """
+        return value
+
     def cho_solve(self, chol, b):
         """Solve ``A x = b`` given the lower Cholesky factor ``chol`` of ``A``.
 
@@ -1131,7 +1141,7 @@ class Backend:
             outs = []
             for i in range(n):
                 sliced = [arg if a is None else self.tree_map(
-                    lambda leaf, a=a: self.moveaxis(leaf, a, 0)[i], arg)
+                    lambda leaf, a=a, i=i: self.moveaxis(leaf, a, 0)[i], arg)
                     for arg, a in zip(args, axes)]
                 outs.append(fun(*sliced))
             return self.tree_map(lambda *o: self.stack(o, axis=out_axes), *outs)

@@ -70,8 +70,8 @@ import numpy as np
 import optree
 import torch
 import torch.func as tfunc
-from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
 from torch._C import _functorch as _fc
+from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
 
 from . import host_random
 from .base import Backend, FInfo
@@ -1198,6 +1198,11 @@ class TorchBackend(Backend):
             g_fn, argnums=tuple(range(len(leaves))), has_aux=has_aux)(*leaves)
         grads = rebuild(grads)
         return out, grads[0] if isinstance(argnums, int) else tuple(grads)
+
+    def assign_(self, x, value):
+        with torch.no_grad():
+            x.copy_(value)
+        return x
 
     @staticmethod
     def _eager_ok(args, nums):

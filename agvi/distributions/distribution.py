@@ -87,7 +87,8 @@ class Distribution:
             self.B = get_backend()
         self._batch_shape = tuple(batch_shape)
         self._event_shape = tuple(event_shape)
-        self._validate_args = is_validation_enabled() if validate_args is None else bool(validate_args)
+        self._validate_args = (is_validation_enabled() if validate_args is None
+                               else bool(validate_args))
         if self._validate_args:
             self._check_params()
 
@@ -240,7 +241,8 @@ class Distribution:
 
     def to_event(self, reinterpreted_batch_ndims=None):
         """Reinterpret the rightmost batch axes as event axes (all of them by default)."""
-        n = len(self.batch_shape) if reinterpreted_batch_ndims is None else reinterpreted_batch_ndims
+        n = (len(self.batch_shape) if reinterpreted_batch_ndims is None
+             else reinterpreted_batch_ndims)
         return self if n == 0 else Independent(self, n)
 
     def mask(self, mask):

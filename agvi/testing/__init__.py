@@ -13,6 +13,16 @@ Importing this package imports no array framework; the checks use only the Backe
 given (and SciPy).
 """
 
+from .agreement import (
+    AGREEMENT_ATOL,
+    AGREEMENT_RTOL,
+    AgreementError,
+    assert_agree,
+    installed_backends,
+    max_relative_error,
+    run_on_all,
+    to_host,
+)
 from .conformance import (
     CHECKS,
     CapabilityRow,
@@ -25,21 +35,12 @@ from .conformance import (
     checks_for,
     run_conformance,
 )
-from .agreement import (
-    AGREEMENT_ATOL,
-    AGREEMENT_RTOL,
-    AgreementError,
-    assert_agree,
-    installed_backends,
-    max_relative_error,
-    run_on_all,
-    to_host,
-)
 from .reference_nuts import ReferenceNUTSResult, reference_nuts
 from .shared_noise import SharedNoise, is_shared_noise
 
 __all__ = [
-    "AGREEMENT_ATOL", "AGREEMENT_RTOL", "AgreementError", "ReferenceNUTSResult", "SharedNoise", "assert_agree",
+    "AGREEMENT_ATOL", "AGREEMENT_RTOL", "AgreementError", "ReferenceNUTSResult", "SharedNoise",
+    "assert_agree",
     "installed_backends", "is_shared_noise", "max_relative_error", "reference_nuts", "run_on_all",
     "to_host",
     "CHECKS", "CapabilityRow", "CheckResult", "CheckSkipped", "ConformanceError",
