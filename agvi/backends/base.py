@@ -167,6 +167,7 @@ class Backend:
       exactly by the double-VJP transpose trick, at the cost of two reverse passes).
     - ``compiles_control_flow``: ``cond``/``while_loop``/``scan`` are traced into a compiled
       program, so their bodies see abstract values (otherwise they run eagerly in Python).
+    - ``has_mutable_arrays``: :meth:`assign_` writes in place (otherwise it returns the value).
     """
 
     name = "abstract"
@@ -174,6 +175,8 @@ class Backend:
     has_vmap = False
     supports_forward_mode = False
     compiles_control_flow = False
+    #: Arrays can be written in place (:meth:`assign_` mutates; torch).
+    has_mutable_arrays = False
     #: Extra that installs the framework (used in error messages).
     install_extra = None
 

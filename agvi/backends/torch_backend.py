@@ -1199,6 +1199,8 @@ class TorchBackend(Backend):
         grads = rebuild(grads)
         return out, grads[0] if isinstance(argnums, int) else tuple(grads)
 
+    has_mutable_arrays = True
+
     def assign_(self, x, value):
         with torch.no_grad():
             x.copy_(value)

@@ -108,13 +108,9 @@ class _Flat:
         them as a list."""
         B = self.B
         new = self.unravel(flat)
-        assign = getattr(B, "assign_", None)     # an in-place copy, on mutable-array backends
         for i, (old, value) in enumerate(zip(self.originals, new, strict=True)):
-            value = B.astype(value, B.dtype_of(old))
-            if assign is not None:
-                self.parameters[i] = assign(old, value)
-            else:
-                self.parameters[i] = value
+            # in place where arrays are mutable (B.has_mutable_arrays), else the new value
+            self.parameters[i] = B.assign_(old, B.astype(value, B.dtype_of(old)))
         return list(self.parameters)
 
 
