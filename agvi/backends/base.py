@@ -181,13 +181,18 @@ class Backend:
     install_extra = None
 
     def __init__(self, precision: str | None = None, device: str | None = None):
-        if precision not in (None, "float32", "float64"):
-            raise ValueError(
-                f"precision must be 'float32', 'float64' or None, got {precision!r}")
+        self._check_precision(precision)
         self.precision = precision or self._default_precision()
         self.device = device
 
     # ------------------------------------------------------------------ identity
+    @staticmethod
+    def _check_precision(precision):
+        """Raise ``ValueError`` unless ``precision`` is "float32", "float64" or None."""
+        if precision not in (None, "float32", "float64"):
+            raise ValueError(
+                f"precision must be 'float32', 'float64' or None, got {precision!r}")
+
     def _default_precision(self) -> str:
         return "float64"
 

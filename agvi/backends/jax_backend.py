@@ -142,9 +142,7 @@ class JaxBackend(Backend):
     compiles_control_flow = True
 
     def __init__(self, precision=None, device=None):
-        if precision not in (None, "float32", "float64"):
-            raise ValueError(
-                f"precision must be 'float32', 'float64' or None, got {precision!r}")
+        self._check_precision(precision)
         jax_device = self._resolve_device(device)
         if precision == "float64" and not jax.config.jax_enable_x64:
             # Process-wide by JAX's design; documented in the class and module docstrings.

@@ -372,9 +372,7 @@ class TorchBackend(Backend):
     compiles_control_flow = False
 
     def __init__(self, precision=None, device=None):
-        if precision not in (None, "float32", "float64"):
-            raise ValueError(
-                f"precision must be 'float32', 'float64' or None, got {precision!r}")
+        self._check_precision(precision)
         dev = self._resolve_device(device)
         super().__init__(precision=precision, device=None)
         self._device = dev

@@ -27,6 +27,7 @@ array([-0.1,  0.1])
 Importing this package imports no framework.
 """
 
+from ..backends.optim_interop import TorchOptimizer, from_optax, from_torch_optim
 from .base import (
     EmptyState,
     GradientTransformation,
@@ -36,7 +37,6 @@ from .base import (
     chain,
 )
 from .clipping import clip_by_global_norm, clip_by_value, global_norm
-from .interop import TorchOptimizer, from_optax, from_torch_optim
 from .optimizers import SGD, Adagrad, Adam, AdamW, ClippedAdam, RMSprop
 from .schedules import (
     PlateauState,

@@ -5,7 +5,7 @@ Both import their framework inside the function, so importing :mod:`agvi.optim` 
 
 from __future__ import annotations
 
-from .base import GradientTransformation, Optimizer, OptimizerState, resolve_backend
+from ..optim.base import GradientTransformation, Optimizer, OptimizerState, resolve_backend
 
 __all__ = ["TorchOptimizer", "from_optax", "from_torch_optim"]
 
