@@ -19,7 +19,7 @@ from .base import CONTRACT, Backend, framework_of
 
 __all__ = [
     "Backend", "CONTRACT", "available_backends", "framework_of", "get_backend",
-    "known_backends", "make_backend", "register_backend", "set_backend", "use_backend",
+    "import_framework", "known_backends", "make_backend", "register_backend", "set_backend", "use_backend",
 ]
 
 # name -> (factory "module:Class" or callable, modules that must be importable, extra to install)
@@ -66,6 +66,34 @@ def known_backends() -> list[str]:
 
 def _installed(modules) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def import_framework(module: str, extra: str, purpose: str):
+    """Import a framework module on demand, for interop code outside this package.
+
+    Only :mod:`agvi.backends` imports frameworks; converters elsewhere (distribution interop,
+    the optimiser adapters) ask for the module here, at call time, so importing agvi stays free
+    of torch and JAX.
+
+    Parameters
+    ----------
+    module : str
+        Dotted module name, e.g. ``"torch.distributions"``.
+    extra : str
+        The pip extra or package that provides it, named in the error.
+    purpose : str
+        What the caller needs it for, named in the error ("to convert distributions").
+
+    Raises
+    ------
+    ImportError
+        The module is not installed; the message names the package to install.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"{module} is not installed; install it (pip install {extra}) "
+                          f"{purpose}") from err
 
 
 def available_backends() -> list[str]:

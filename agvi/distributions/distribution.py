@@ -284,30 +284,34 @@ class ExpandedDistribution(Distribution):
         target = tuple(sample_shape) + self.batch_shape + self.event_shape
         return self.B.broadcast_to(x, target)
 
+    def _draw_shape(self, sample_shape):
+        """The base draw's sample shape: new leading batch axes, then one axis per size-1 base
+        batch axis that was widened (each batch element needs its own independent draw)."""
+        base = self.base_dist.batch_shape
+        lead = self.batch_shape[:len(self.batch_shape) - len(base)]
+        tail = self.batch_shape[len(lead):]
+        self._stretched = [j for j, (b, n) in enumerate(zip(base, tail)) if b == 1 and n != 1]
+        return tuple(sample_shape) + lead + tuple(tail[j] for j in self._stretched)
+
+    def _place_draw(self, x, sample_shape):
+        # Move each widened axis onto its size-1 base axis: draw axes are (sample, lead,
+        # widened..., base batch..., event...), the result is (sample, batch, event).
+        B, k = self.B, len(self._stretched)
+        if k:
+            start = len(sample_shape) + len(self.batch_shape) - len(self.base_dist.batch_shape)
+            for i, j in reversed(list(enumerate(self._stretched))):
+                # axes start..start+i hold the widened draws not yet moved
+                x = B.squeeze(x, axis=start + i + 1 + j)
+                x = B.moveaxis(x, start + i, start + i + j)
+        return B.broadcast_to(x, self.shape(sample_shape))
+
     def rsample(self, key, sample_shape=()):
-        # Draw independent values for the new batch elements: sample the extra shape
-        # and let broadcasting fill the rest.
-        extra = self.batch_shape[:len(self.batch_shape) - len(self.base_dist.batch_shape)]
-        x = self.base_dist.rsample(key, tuple(sample_shape) + extra)
-        return self._broadcast_draw(x, sample_shape)
+        x = self.base_dist.rsample(key, self._draw_shape(sample_shape))
+        return self._place_draw(x, sample_shape)
 
     def sample(self, key, sample_shape=()):
-        extra = self.batch_shape[:len(self.batch_shape) - len(self.base_dist.batch_shape)]
-        x = self.base_dist.sample(self._key(key), tuple(sample_shape) + extra)
-        return self._broadcast_draw(x, sample_shape)
-
-    def _broadcast_draw(self, x, sample_shape):
-        # Size-1 base batch axes that were expanded need independent draws too.
-        if self.B.shape(x) == self.shape(sample_shape):
-            return x
-        base = self.base_dist.batch_shape
-        stretched = any(b == 1 and n != 1 for b, n in
-                        zip(base, self.batch_shape[len(self.batch_shape) - len(base):]))
-        if stretched:
-            raise ValueError(
-                "sampling an expanded distribution whose base has size-1 batch axes is not "
-                "supported; expand the parameters instead")
-        return self._broadcast(x, sample_shape)
+        x = self.base_dist.sample(self._key(key), self._draw_shape(sample_shape))
+        return self._place_draw(x, sample_shape)
 
     def log_prob(self, value):
         lp = self.base_dist.log_prob(value)

@@ -7,11 +7,9 @@ of the target framework pass through unchanged (so gradients keep flowing when t
 is the framework's own), others go through a NumPy copy (``.detach().cpu().numpy()`` for torch
 tensors, ``numpy.asarray`` for JAX arrays).
 
-Import exception: agvi imports frameworks only inside :mod:`agvi.backends`; this module is the
-one other place allowed to, because converting *to* and *from* a framework's distribution
-objects is its whole job. It still imports nothing at module import time: ``torch`` and
-``numpyro`` are imported with :func:`importlib.import_module` inside the functions, when a
-conversion is asked for.
+Frameworks are imported only through :func:`agvi.backends.import_framework`, inside the
+functions, when a conversion is asked for: importing this module imports neither torch nor
+numpyro.
 
 Families converted (both directions, where the other side has them): Normal, LogNormal,
 HalfNormal, HalfCauchy, Cauchy, StudentT, Laplace, Logistic (NumPyro only; to torch as the
@@ -39,11 +37,9 @@ Parametrisation notes:
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 
-from ..backends import get_backend
+from ..backends import get_backend, import_framework
 from . import continuous as C
 from . import discrete as D
 from . import multivariate as M
@@ -54,11 +50,7 @@ __all__ = ["from_numpyro", "from_torch", "to_numpyro", "to_torch"]
 
 
 def _import(name, extra):
-    try:
-        return importlib.import_module(name)
-    except ImportError as err:
-        raise ImportError(f"{name} is not installed; install it (e.g. pip install "
-                          f"{extra}) to convert distributions") from err
+    return import_framework(name, extra, "to convert distributions")
 
 
 # ------------------------------------------------------------------ framework -> agvi

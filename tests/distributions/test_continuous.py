@@ -534,6 +534,23 @@ def test_shapes_and_broadcasting(backend, family):
         assert backend.shape(ind.log_prob(value)) == (4, 3)
 
 
+def test_expand_widens_size_one_axes_with_independent_draws(backend):
+    """Expanding batch (1, 3, 1) to (2, 4, 3, 5): every new element is its own draw (the
+    per-location moments match Normal(loc, 1) over 6 * 2 * 4 * 5 = 240 draws each, 4 standard
+    errors), the locations stay on their axis, and rsample keeps gradients per element."""
+    loc = np.array([0.0, 100.0, 200.0]).reshape(1, 3, 1)
+    with agvi.use_backend(backend):
+        d = dist.Normal(backend.asarray(loc), 1.0).expand((2, 4, 3, 5))
+        x = backend.to_numpy(d.sample(backend.key(0), (6,)))
+        assert x.shape == (6, 2, 4, 3, 5)
+        centred = np.moveaxis(x, 3, 0).reshape(3, -1) - loc.reshape(3, 1)
+        assert np.all(np.abs(centred.mean(axis=1)) < 4 / np.sqrt(240))
+        assert np.all(np.abs(centred.std(axis=1) - 1) < 4 / np.sqrt(2 * 240))
+        assert len(np.unique(x)) == x.size
+        r = dist.Normal(backend.zeros((4, 1)), 1.0).expand((4, 3)).rsample(backend.key(1))
+        assert backend.shape(r) == (4, 3) and len(np.unique(backend.to_numpy(r))) == 12
+
+
 def test_integer_parameters_become_floats(backend):
     with agvi.use_backend(backend):
         for d in (dist.Gamma(2, 1), dist.Beta(2, 3), dist.Uniform(0, 2), dist.StudentT(3),
