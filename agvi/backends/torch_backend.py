@@ -949,7 +949,10 @@ class TorchBackend(Backend):
     expit = staticmethod(torch.special.expit)
     i0e = staticmethod(torch.special.i0e)
     i1e = staticmethod(torch.special.i1e)
-    log_expit = staticmethod(torch.nn.functional.logsigmoid)
+    def log_expit(self, x):
+        # torch.nn.functional.logsigmoid is exact too but takes milliseconds per call on small
+        # tensors when several threads contend; -softplus(-x) costs one logaddexp
+        return -self.softplus(-x)
 
     def polygamma(self, n, x):
         n = int(n)
@@ -1214,18 +1217,25 @@ class TorchBackend(Backend):
                         for i in nums))
 
     @staticmethod
-    def _eager_value_and_grad(f, args, argnums, nums):
+    def _eager_value_and_grad(f, args, argnums, nums, has_aux=False):
         xs = [args[i].detach().requires_grad_(True) for i in nums]
         new = list(args)
         for i, x in zip(nums, xs):
             new[i] = x
         with torch.enable_grad():
             v = f(*new)
+            if has_aux:
+                v, aux = v
             # an output that does not depend on the inputs has zero gradient, as in torch.func
             gs = (torch.autograd.grad(v, xs, allow_unused=True) if v.requires_grad
                   else (None,) * len(xs))
         gs = tuple(torch.zeros_like(x) if g is None else g for x, g in zip(xs, gs))
-        return v.detach(), (gs[0] if isinstance(argnums, int) else gs)
+        g = gs[0] if isinstance(argnums, int) else gs
+        if has_aux:
+            aux = optree.tree_map(lambda a: a.detach() if isinstance(a, _Tensor) else a, aux,
+                                  none_is_leaf=False)
+            return (v.detach(), aux), g
+        return v.detach(), g
 
     def value_and_grad(self, f, argnums=0, has_aux=False):
         argnums = tuple(argnums) if isinstance(argnums, list) else argnums
@@ -1244,6 +1254,9 @@ class TorchBackend(Backend):
             return value_and_grad_fn
 
         def value_and_grad_aux_fn(*args):
+            if self._eager_ok(args, nums):
+                (v, aux), g = self._eager_value_and_grad(f, args, argnums, nums, has_aux=True)
+                return (v, aux), g
             box = []
             f_aux = _tensor_aux(f, box)
             if self._direct(args, argnums):

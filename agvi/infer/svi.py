@@ -36,8 +36,10 @@ class SVIState(NamedTuple):
     ----------
     optim_state : pytree
         The optimiser's state; it holds the *unconstrained* parameters.
-    mutable_state : None
-        Reserved for mutable sites (not used yet).
+    mutable_state : pytree or None
+        State carried by the objective between steps, for a loss with ``loss_with_state`` and
+        ``init_state`` methods (e.g. :class:`~agvi.infer.elbo.TraceGraph_ELBO`'s
+        decaying-average baselines); None otherwise.
     rng_key : Array, shape (2,)
         The key for the next step.
     num_skipped : Array, shape (), int
@@ -181,7 +183,11 @@ class SVI:
                                  "site; there is nothing to optimise")
             self._transforms = transforms
             optim_state = self.optim.init(params)
-            return SVIState(optim_state, None, key, B.asarray(0, dtype=B.int_dtype))
+            loss_state = None
+            if _is_stateful(self.loss):
+                loss_state = self.loss.init_state(k_guide, self._constrain(params), self.model,
+                                                  self.guide, *args, **kwargs)
+            return SVIState(optim_state, loss_state, key, B.asarray(0, dtype=B.int_dtype))
 
     def get_params(self, state: SVIState) -> dict:
         """The constrained parameters held in ``state``, a dict ``name -> Array``."""
@@ -189,26 +195,35 @@ class SVI:
             return self._constrain(self.optim.get_params(state.optim_state))
 
     # -- one step --------------------------------------------------------------------------
-    def _loss_and_grads(self, key, params_u, args, kwargs, forward_mode):
+    def _loss_and_grads(self, key, params_u, loss_state, args, kwargs, forward_mode):
+        """``(loss, grads, new_loss_state)``; the state passes through a stateless loss."""
         B = self.B
 
         kwargs = {**self.static_kwargs, **kwargs}  # closed over: static under jit
+        stateful = _is_stateful(self.loss)
 
         def f(u):
-            return self.loss(key, self._constrain(u), self.model, self.guide, *args, **kwargs)
+            p = self._constrain(u)
+            if stateful:
+                return self.loss.loss_with_state(key, p, loss_state, self.model, self.guide,
+                                                 *args, **kwargs)
+            return self.loss(key, p, self.model, self.guide, *args, **kwargs), loss_state
 
         if not forward_mode:
-            return B.value_and_grad(f)(params_u)
+            (loss, new_state), grads = B.value_and_grad(f, has_aux=True)(params_u)
+            return loss, grads, new_state
         flat, unravel = B.ravel_pytree(params_u)
-        g = B.jacobian(lambda v: f(unravel(v)), mode="forward")(flat)
-        return f(params_u), unravel(B.reshape(g, B.shape(flat)))
+        g, _ = B.jacobian(lambda v: f(unravel(v)), mode="forward", has_aux=True)(flat)
+        loss, new_state = f(params_u)
+        return loss, unravel(B.reshape(g, B.shape(flat))), new_state
 
     def _step(self, state, args, kwargs, stable=False, forward_mode=False):
         B = self.B
         keys = B.split(state.rng_key, 2)
         rng_key, sub = keys[0], keys[1]
         params_u = self.optim.get_params(state.optim_state)
-        loss, grads = self._loss_and_grads(sub, params_u, args, kwargs, forward_mode)
+        loss, grads, new_loss_state = self._loss_and_grads(sub, params_u, state.mutable_state,
+                                                           args, kwargs, forward_mode)
         new_params, new_opt = self.optim.update(grads, state.optim_state, params_u, value=loss)
         skipped = state.num_skipped
         if stable:
@@ -222,9 +237,10 @@ class SVI:
                 return new
 
             new_opt = B.tree_map(keep, new_opt, state.optim_state)
+            new_loss_state = B.tree_map(keep, new_loss_state, state.mutable_state)
             skipped = skipped + B.astype(B.logical_not(finite), B.dtype_of(skipped))
         loss = B.stop_gradient(loss)
-        return SVIState(new_opt, state.mutable_state, rng_key, skipped), loss
+        return SVIState(new_opt, new_loss_state, rng_key, skipped), loss
 
     def _compiled_step(self, stable, forward_mode):
         k = ("step", stable, forward_mode)
@@ -285,8 +301,13 @@ class SVI:
             B = self.B
             sub = B.split(state.rng_key, 2)[1]
             params = self.get_params(state)
-            return B.stop_gradient(self.loss(sub, params, self.model, self.guide, *args,
-                                             **{**self.static_kwargs, **kwargs}))
+            kwargs = {**self.static_kwargs, **kwargs}
+            if _is_stateful(self.loss):
+                loss = self.loss.loss_with_state(sub, params, state.mutable_state, self.model,
+                                                 self.guide, *args, **kwargs)[0]
+            else:
+                loss = self.loss(sub, params, self.model, self.guide, *args, **kwargs)
+            return B.stop_gradient(loss)
 
     # -- the loop --------------------------------------------------------------------------
     def _compiled_chunk(self, length, stable, forward_mode):
@@ -404,6 +425,12 @@ class SVI:
                               if isinstance(x, np.ndarray) else x,
                               host_state._replace(rng_key=None))
             return conv._replace(rng_key=key)
+
+
+def _is_stateful(loss) -> bool:
+    """Whether ``loss`` carries state between steps (``init_state`` and ``loss_with_state``)."""
+    return callable(getattr(loss, "loss_with_state", None)) and \
+        callable(getattr(loss, "init_state", None))
 
 
 def B_key(B, key):

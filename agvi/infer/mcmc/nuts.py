@@ -25,13 +25,15 @@ until the trajectory makes a U-turn, a step diverges, or ``max_tree_depth`` doub
 
 The loop bodies are pure and fixed-shape, so ``B.jit(kernel)`` compiles a whole transition on
 JAX; on torch and NumPy the same code runs as Python loops, with the loop counters as Python
-ints. One exception, for speed: on an eager backend (``compiles_control_flow`` False) a single
-chain with the default integrator takes a specialised path, the same algorithm written with
-Python control flow and Python floats for the per-chain scalars (energies, log weights,
-counters) and the U-turn checkpoints in a Python list. Eager frameworks pay 1-2 us of dispatch per
-array operation, and the batched, masked step needs about a hundred of them; the specialised
-step needs about fifteen. It consumes the same noise and gives the same results up to rounding
-(the tests check it against both the reference and the batched path).
+ints. One exception, for speed: on an eager backend (``compiles_control_flow`` False) with the
+default integrator, each chain runs the same algorithm written with Python control flow, Python
+floats for its scalars (energies, log weights, counters), host NumPy vectors and the U-turn
+checkpoints in a Python list, as a generator; the chains advance in lock step and the gradients
+of all chains still growing are evaluated in one batched call per leapfrog step. Eager
+frameworks pay 1-5 us of dispatch per array operation, and the batched, masked step needs about
+a hundred of them; the host step needs about a dozen NumPy operations. It consumes the same
+noise and gives the same results up to rounding (the tests check both paths against the
+recursive reference).
 
 Random numbers (:func:`draw_noise`): per chain and transition, from the chain's key, a standard
 normal vector for the momentum and ``2 * max_tree_depth + 2**(max_tree_depth - 1)`` uniforms:
@@ -288,10 +290,10 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
         raise ValueError(f"delta_energy_max must be positive, got {delta_energy_max!r}")
     B = get_backend()
     value_and_grad = logdensity_and_grad_fn(logdensity_fn)
+    # eager backends run each chain with Python control flow on host NumPy vectors, gradients
+    # batched over chains (same algorithm, noise and results; see _eager_chains)
+    eager = not B.compiles_control_flow and integrator is velocity_verlet
     value_and_grad_one = B.value_and_grad(logdensity_fn)
-    # eager backends run a lone chain with Python control flow and Python-float bookkeeping
-    # (same algorithm, noise and results; see _eager_one_chain)
-    eager_single_chain = not B.compiles_control_flow and integrator is velocity_verlet
     max_depth = max_tree_depth
     neg_inf, inf = -math.inf, math.inf
     bool_dtype = B.dtype("bool")
@@ -304,9 +306,9 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
         pick = _picker(B, num_chains)
         metric = gaussian_euclidean(inverse_mass_matrix)
         step_size = _per_chain(B, step_size, num_chains, dtype)
-        if eager_single_chain and num_chains == 1:
-            return _eager_one_chain(B, value_and_grad_one, keys, state, step_size, metric, noise,
-                                    max_depth, delta_energy_max)
+        if eager:
+            return _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
+                                 metric, noise, max_depth, delta_energy_max)
         if noise is None:
             noise = draw_noise(keys, position, metric, max_depth)
         velocity_fn, kinetic_energy = metric.velocity, metric.kinetic_energy
@@ -472,61 +474,38 @@ class _Row(NamedTuple):
     sum_prev2: object        # S(e-2)
 
 
-def _eager_one_chain(B, value_and_grad, keys, state, step_size, metric, noise, max_depth,
-                     delta_energy_max):
-    """The NUTS transition of :func:`build_kernel` for one chain on an eager backend.
+def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_leaf, eps, imm,
+               max_depth, delta_energy_max):
+    """One chain's NUTS transition on the host, as a generator.
 
-    The same algorithm, consuming the same noise in the same way as the batched kernel, but
-    with Python loops and branches, the per-chain scalars (energies, log weights, counters) as
-    Python floats and ints, and the U-turn checkpoints in a Python list (checked slot by slot,
-    stopping at the first U-turn). This removes most of the small array operations per leapfrog
-    step, whose dispatch cost (about 1-2 us each on CPU) dominates on eager frameworks; vectors
-    stay Arrays of the backend, of shape (d,). Results equal the batched kernel's up to
-    rounding (dot products are summed in another order).
+    The algorithm of :func:`build_kernel` for one chain, with Python control flow, Python
+    floats for the scalars and NumPy vectors of shape (d,). It yields every position whose log
+    density and gradient it needs and is sent back ``(logdensity: float, grad: (d,))``, so
+    that :func:`_eager_chains` can evaluate all chains' gradients in one batched call. Returns
+    ``(position, logdensity, grad, energy, info)`` with ``info`` the per-chain NUTSInfo fields
+    as Python scalars.
     """
     inf = math.inf
-    eps = float(step_size[0])
-    imm = metric.inverse_mass_matrix[0]
-    if metric.is_dense:
+    if imm.ndim == 2:
         def velocity(p):
             return imm @ p
-
-        def position_step(position, p, right):
-            return position + (eps if right else -eps) * velocity(p)
     else:
-        scaled = (-eps * imm, eps * imm)
-
         def velocity(p):
             return imm * p
-
-        def position_step(position, p, right):
-            return position + scaled[right] * p
+    step = (-eps, eps)
     half = (0.5 * -eps, 0.5 * eps)
-    if noise is None:   # the draws of draw_noise, the uniforms moved to the host at once
-        z, u = _draw_one(B, keys[0], B.shape(state.position)[1], B.dtype_of(state.position),
-                         noise_size(max_depth))
-        momentum = metric.momentum_from_normal(z[None])
-        u = B.to_numpy(u)
-        going_right = (u[:max_depth] < 0.5).tolist()
-        u_subtree, u_leaf = u[max_depth:2 * max_depth], u[2 * max_depth:]
-    else:
-        momentum = noise.momentum
-        u = B.to_numpy(B.concatenate([noise.u_subtree[0], noise.u_leaf[0]], axis=0))
-        going_right = B.to_numpy(noise.going_right[0]).tolist()
-        u_subtree, u_leaf = u[:max_depth], u[max_depth:]
     log = math.log
 
     def log_u(u):
         return log(u) if u > 0 else -inf
 
-    momentum0 = momentum[0]
-    v0 = velocity(momentum0)
-    energy0 = 0.5 * float(momentum0 @ v0) - float(state.logdensity[0])
+    v0 = velocity(momentum)
+    energy0 = 0.5 * float(momentum @ v0) - logdensity
     # ends: (position, momentum, grad, velocity); index 0 left, 1 right
-    ends = [(state.position[0], momentum0, state.logdensity_grad[0], v0)] * 2
-    proposal = (state.position[0], state.logdensity[0], state.logdensity_grad[0], energy0)
+    ends = [(position, momentum, grad, v0)] * 2
+    proposal = (position, logdensity, grad, energy0)
     log_weight = 0.0
-    momentum_sum = momentum0
+    momentum_sum = momentum
     rows = [None] * max_depth
     between = [inf] * max_depth
     depth = num_steps = num_nonfinite = 0
@@ -535,8 +514,8 @@ def _eager_one_chain(B, value_and_grad, keys, state, step_size, metric, noise, m
     while depth < max_depth:
         k = depth
         right = going_right[k]
-        position, p, g, v = ends[right]
-        h = half[right]
+        x, p, g, v = ends[right]
+        h, e = half[right], step[right]
         sum_before = momentum_sum
         sub_log_weight, sub_proposal = -inf, None
         first = None
@@ -544,11 +523,11 @@ def _eager_one_chain(B, value_and_grad, keys, state, step_size, metric, noise, m
         for n in range(1 << k):
             p_prev, v_prev = p, v
             p = p + h * g
-            position = position_step(position, p, right)
-            logdensity, g = value_and_grad(position)
+            x = x + e * velocity(p)
+            ld, g = yield x
             p = p + h * g
             v = velocity(p)
-            energy = 0.5 * float(p @ v) - float(logdensity)
+            energy = 0.5 * float(p @ v) - ld
             lw = energy0 - energy
             if not lw < inf:        # NaN or +-inf energy: weight 0, divergent
                 lw = -inf
@@ -556,7 +535,7 @@ def _eager_one_chain(B, value_and_grad, keys, state, step_size, metric, noise, m
             sum_accept += math.exp(min(lw, 0.0))
             total = _logaddexp(sub_log_weight, lw)
             if log_u(u_leaf[n]) + total < lw:
-                sub_proposal = (position, logdensity, g, energy)
+                sub_proposal = (x, ld, g, energy)
             sub_log_weight = total
             new_sum = momentum_sum + p
             if not lw >= -delta_energy_max:
@@ -605,23 +584,85 @@ def _eager_one_chain(B, value_and_grad, keys, state, step_size, metric, noise, m
         log_weight = _logaddexp(log_weight, sub_log_weight)
         _, p_inner, _, v_inner = ends[right]          # old trajectory, inner end
         v_outer = ends[1 - right][3]                  # old trajectory, outer end
-        ends[right] = (position, p, g, v)
+        ends[right] = (x, p, g, v)
         sum_new = momentum_sum - sum_before
-        sums = B.stack([sum_before + sum_new, sum_before + first[0], sum_new + p_inner], axis=1)
-        dots = B.to_numpy(B.stack([v_outer, v, first[1], v_inner]) @ sums)   # (4, 3)
+        sums = np.stack([sum_before + sum_new, sum_before + first[0], sum_new + p_inner], axis=1)
+        dots = np.stack([v_outer, v, first[1], v_inner]) @ sums   # (4, 3)
         if not np.all(dots[_ACROSS_PAIRS] > 0):
             turning = True
             break
+    x, ld, g, energy = proposal
+    return x, ld, g, energy, (diverging, turning, depth, num_steps, sum_accept / num_steps,
+                              num_nonfinite)
 
-    position, logdensity, grad, energy = proposal
-    dtype, int_dtype, bool_dtype = B.dtype_of(state.position), B.int_dtype, B.dtype("bool")
-    new_state = HMCState(position[None], B.reshape(logdensity, (1,)), grad[None])
+
+def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size, metric, noise,
+                  max_depth, delta_energy_max):
+    """The NUTS transition of :func:`build_kernel` on an eager backend, C chains.
+
+    Each chain runs :func:`_one_chain` (the same algorithm, consuming the same noise in the same
+    way as the batched kernel) on host NumPy vectors; the chains advance in lock step, and the
+    positions of the chains still growing their trajectories are evaluated in one batched
+    ``value_and_grad`` call per leapfrog step. Eager frameworks pay 1-5 us of dispatch per array
+    operation and the masked batched step needs about a hundred of them; here a step costs one
+    framework call plus about a dozen NumPy operations on (d,) vectors per chain. Results equal
+    the batched kernel's up to rounding (dot products are summed in another order).
+    """
+    num_chains, dim = B.shape(state.position)
+    dtype = B.dtype_of(state.position)
+    host = B.to_numpy
+    if noise is None:   # the draws of draw_noise, chain by chain from its own key
+        draws = [_draw_one(B, keys[c], dim, dtype, noise_size(max_depth))
+                 for c in range(num_chains)]
+        momentum = metric.momentum_from_normal(B.stack([z for z, _ in draws]))
+        u = host(B.stack([u for _, u in draws]))
+        going_right = u[:, :max_depth] < 0.5
+        u_subtree, u_leaf = u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:]
+    else:
+        momentum = noise.momentum
+        going_right = host(noise.going_right)
+        u_subtree, u_leaf = host(noise.u_subtree), host(noise.u_leaf)
+    eps = host(step_size).tolist()
+    imm = host(metric.inverse_mass_matrix)
+    position, logdensity = host(state.position), host(state.logdensity).tolist()
+    grad, momentum_host = host(state.logdensity_grad), host(momentum)
+    chains = {c: _one_chain(position[c], logdensity[c], grad[c], momentum_host[c],
+                            going_right[c].tolist(), u_subtree[c].tolist(), u_leaf[c].tolist(),
+                            eps[c], imm[c], max_depth, delta_energy_max)
+              for c in range(num_chains)}
+    results = [None] * num_chains
+    requests = {}
+    for c, chain in chains.items():
+        requests[c] = next(chain)
+    while requests:
+        if len(requests) == 1:   # no stacking, no vmap: the cheapest call on eager frameworks
+            (c, x), = requests.items()
+            ld, g = value_and_grad_one(B.asarray(x, dtype=dtype))
+            try:
+                requests[c] = chains[c].send((float(ld), host(g)))
+            except StopIteration as done:
+                results[c] = done.value
+                del requests[c]
+            continue
+        order = list(requests)
+        ld, g = value_and_grad(B.asarray(np.stack([requests[c] for c in order]), dtype=dtype))
+        ld, g = host(ld).tolist(), host(g)
+        for row, c in enumerate(order):
+            try:
+                requests[c] = chains[c].send((ld[row], g[row]))
+            except StopIteration as done:
+                results[c] = done.value
+                del requests[c]
+    x, ld, g, energy, info = zip(*results)
+    diverging, turning, depth, num_steps, accept, nonfinite = zip(*info)
+    bool_dtype = B.dtype("bool")
+    new_state = HMCState(B.asarray(np.stack(x), dtype=dtype), B.asarray(ld, dtype=dtype),
+                         B.asarray(np.stack(g), dtype=dtype))
     info = NUTSInfo(
-        momentum=momentum, is_divergent=B.full((1,), diverging, dtype=bool_dtype),
-        is_turning=B.full((1,), turning, dtype=bool_dtype),
-        energy=B.full((1,), energy, dtype=dtype),
-        num_trajectory_expansions=B.full((1,), depth, dtype=int_dtype),
-        num_integration_steps=B.full((1,), num_steps, dtype=int_dtype),
-        acceptance_rate=B.full((1,), sum_accept / num_steps, dtype=dtype),
-        num_nonfinite=B.full((1,), num_nonfinite, dtype=int_dtype))
+        momentum=momentum, is_divergent=B.asarray(diverging, dtype=bool_dtype),
+        is_turning=B.asarray(turning, dtype=bool_dtype), energy=B.asarray(energy, dtype=dtype),
+        num_trajectory_expansions=B.asarray(depth, dtype=B.int_dtype),
+        num_integration_steps=B.asarray(num_steps, dtype=B.int_dtype),
+        acceptance_rate=B.asarray(accept, dtype=dtype),
+        num_nonfinite=B.asarray(nonfinite, dtype=B.int_dtype))
     return new_state, info
