@@ -21,7 +21,13 @@ import os
 
 import pytest
 
+import agvi
 from agvi.backends import _canonical, available_backends, make_backend
+
+# One intra-op thread per test process: the tensors here are tiny, and with pytest-xdist
+# running a process per core, framework thread pools oversubscribe the cores (torch slowed
+# down a hundredfold on 2 cores). Set before any framework is imported (they import lazily).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 PRECISIONS = ("float32", "float64")
 
@@ -64,3 +70,36 @@ def backend(request):
         if device is not None:
             pytest.skip(f"backend {name!r} cannot use device {device!r} here: {exc}")
         raise
+
+
+@pytest.fixture
+def B(backend):
+    """The ``backend`` fixture's Backend, made active for the test."""
+    with agvi.use_backend(backend):
+        yield backend
+
+
+@pytest.fixture
+def B64(backend):
+    """As ``B``, at float64 only: for closed forms checked at round-off and semantics that do
+    not depend on the precision (the float32 instances are deselected below; this also keeps
+    JAX's per-shape compilation, which dominates these tests' time, to one precision)."""
+    with agvi.use_backend(backend):
+        yield backend
+
+
+@pytest.fixture
+def np_B():
+    """The NumPy backend in float64, active for the test (for backend-independent semantics)."""
+    with agvi.use_backend("numpy", precision="float64") as b:
+        yield b
+
+
+def pytest_collection_modifyitems(config, items):
+    drop = [item for item in items
+            if "B64" in getattr(item, "fixturenames", ()) and hasattr(item, "callspec")
+            and item.callspec.params.get("backend", (None, None))[1] != "float64"]
+    if drop:
+        dropped = set(map(id, drop))
+        items[:] = [item for item in items if id(item) not in dropped]
+        config.hook.pytest_deselected(items=drop)

@@ -19,7 +19,8 @@ from .base import CONTRACT, Backend, framework_of
 
 __all__ = [
     "Backend", "CONTRACT", "available_backends", "framework_of", "get_backend",
-    "import_framework", "known_backends", "make_backend", "register_backend", "set_backend", "use_backend",
+    "import_framework", "known_backends", "make_backend", "register_backend", "set_backend",
+    "use_backend",
 ]
 
 # name -> (factory "module:Class" or callable, modules that must be importable, extra to install)

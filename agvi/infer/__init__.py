@@ -49,3 +49,28 @@ __all__ = [
     "negative_log_prob_loss", "print_summary", "split_gelman_rubin", "summary", "vi_loss",
     "vi_regularization",
 ]
+
+# Generalised VI for simulators (BlackBIRDS-style) and its posterior estimators.
+from . import gvi, posterior_estimators  # noqa: E402
+from .gvi import (  # noqa: E402
+    GVI,
+    GVIGradient,
+    LossGradient,
+    compute_and_differentiate_loss,
+    compute_and_differentiate_loss_score,
+    compute_loss_and_jacobian_pathwise,
+    compute_regularisation_loss,
+)
+from .posterior_estimators import (  # noqa: E402
+    AffineCouplingFlowEstimator,
+    DiagonalGaussianEstimator,
+    FullRankGaussianEstimator,
+    PosteriorEstimator,
+)
+
+__all__ += [
+    "GVI", "AffineCouplingFlowEstimator", "DiagonalGaussianEstimator", "FullRankGaussianEstimator",
+    "GVIGradient", "LossGradient", "PosteriorEstimator", "compute_and_differentiate_loss",
+    "compute_and_differentiate_loss_score", "compute_loss_and_jacobian_pathwise",
+    "compute_regularisation_loss", "gvi", "posterior_estimators",
+]
