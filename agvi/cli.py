@@ -574,7 +574,7 @@ def _fit_svi(spec, B, s, repeat, args, kwargs, sites):
 
     guide = AutoNormal(spec.model)
     # the step size decays tenfold over the run: the end point scatters less with the noise
-    lr = exponential_decay(s["learning_rate"], 0.1, s["num_steps"], backend=B)
+    lr = exponential_decay(s["learning_rate"], s["num_steps"], 0.1, backend=B)
     svi = SVI(spec.model, guide, Adam(lr), Trace_ELBO())
     key = B.key(s["seed"])
     times = []

@@ -11,6 +11,9 @@ __all__ = ["MixtureSameFamily"]
 class MixtureSameFamily(Distribution):
     """Mixture of the distributions along the rightmost batch axis of ``component_distribution``.
 
+    The batch shape is ``broadcast(mixing_batch, component_batch)``, the event shape that of the
+    components.
+
     Parameters
     ----------
     mixing_distribution : Categorical or Categorical-like
@@ -20,9 +23,6 @@ class MixtureSameFamily(Distribution):
     component_distribution : Distribution
         Batch shape ``component_batch + (K,)``, event shape ``event_shape``; ``mixing_batch``
         must broadcast with ``component_batch``.
-
-    The batch shape is ``broadcast(mixing_batch, component_batch)``, the event shape that of the
-    components.
 
     Raises
     ------

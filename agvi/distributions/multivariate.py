@@ -107,6 +107,10 @@ def _mvn_shapes(B, loc, matrix, name, owner):
 class MultivariateNormal(Distribution):
     """Multivariate normal distribution.
 
+    Exactly one of ``covariance_matrix``, ``precision_matrix`` and ``scale_tril`` is given; the
+    other two are computed on first access. The batch shape is the broadcast of ``loc.shape[:-1]``
+    and the matrix's ``shape[:-2]``; the event shape is ``(d,)``.
+
     Parameters
     ----------
     loc : Array, shape (..., d)
@@ -118,10 +122,6 @@ class MultivariateNormal(Distribution):
     scale_tril : Array, shape (..., d, d), optional
         Lower-triangular Cholesky factor ``L`` of the covariance (positive diagonal),
         ``covariance = L L^T``.
-
-    Exactly one of ``covariance_matrix``, ``precision_matrix`` and ``scale_tril`` is given; the
-    other two are computed on first access. The batch shape is the broadcast of ``loc.shape[:-1]``
-    and the matrix's ``shape[:-2]``; the event shape is ``(d,)``.
 
     Raises
     ------

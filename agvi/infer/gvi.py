@@ -684,7 +684,7 @@ class GVI:
         Default ``Adam(1e-3)``.
     scheduler : schedule, ReduceLROnPlateau or None
         A factor multiplying the optimiser's step: a callable of the step count (e.g.
-        ``agvi.optim.exponential_decay(1.0, 0.5, 100)``) or a
+        ``agvi.optim.exponential_decay(1.0, 100, 0.5)``) or a
         :class:`~agvi.optim.ReduceLROnPlateau` (build it with ``init_lr=1.0``), which reads the
         total loss of each step, as ``torch.optim.lr_scheduler`` multiplies the optimiser's lr.
     n_samples_per_epoch : int
@@ -920,7 +920,7 @@ class GVI:
             return record
 
     def run(self, data, n_epochs: int, max_epochs_without_improvement: int = 20,
-            restore_best: bool = True) -> list:
+            restore_best: bool = False) -> list:
         """Train for up to ``n_epochs`` steps with early stopping.
 
         Parameters
@@ -931,8 +931,10 @@ class GVI:
         max_epochs_without_improvement : int
             Stop when the total loss has not improved on its best for this many epochs.
         restore_best : bool
-            Leave the estimator at the best params seen (otherwise at the last ones; both are
-            in :attr:`best_params` and the checkpoints).
+            Leave the estimator at the params of the best epoch (default: at the last ones;
+            both are kept, in :attr:`best_params` and the checkpoints). The best epoch is the
+            lowest Monte Carlo *estimate* of the objective, which favours lucky draws, so the
+            last params of a converged run are usually the better answer.
 
         Returns
         -------

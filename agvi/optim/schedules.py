@@ -51,11 +51,14 @@ class constant_schedule(Schedule):
 class exponential_decay(Schedule):
     """``init_value * decay_rate ** (count / transition_steps)``.
 
+    The argument order is optax's (``transition_steps`` before ``decay_rate``); pass them by
+    keyword when in doubt.
+
     Parameters
     ----------
     init_value : float
-    decay_rate : float, > 0
     transition_steps : int, > 0
+    decay_rate : float, > 0
     staircase : bool
         Decay in whole steps: ``decay_rate ** floor(count / transition_steps)``.
     end_value : float or None
@@ -67,7 +70,7 @@ class exponential_decay(Schedule):
         If ``transition_steps`` is not positive or ``decay_rate`` not positive.
     """
 
-    def __init__(self, init_value: float, decay_rate: float, transition_steps: int,
+    def __init__(self, init_value: float, transition_steps: int, decay_rate: float,
                  staircase: bool = False, end_value: float | None = None, backend=None):
         super().__init__(backend)
         if transition_steps <= 0:

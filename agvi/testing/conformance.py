@@ -226,6 +226,7 @@ class CapabilityRow(NamedTuple):
     has_vmap: bool
     supports_forward_mode: bool
     compiles_control_flow: bool
+    has_mutable_arrays: bool
 
 
 def capability_table() -> list:
@@ -244,16 +245,19 @@ def capability_table() -> list:
         except ImportError:
             continue
         rows.append(CapabilityRow(name, bool(B.has_jit), bool(B.has_vmap),
-                                  bool(B.supports_forward_mode), bool(B.compiles_control_flow)))
+                                  bool(B.supports_forward_mode), bool(B.compiles_control_flow),
+                                  bool(B.has_mutable_arrays)))
     return rows
 
 
 def capability_markdown() -> str:
     """:func:`capability_table` as a Markdown table (a string)."""
-    head = "| backend | jit | vmap | forward mode | compiled control flow |\n|---|---|---|---|---|"
+    head = ("| backend | jit | vmap | forward mode | compiled control flow | mutable arrays |\n"
+            "|---|---|---|---|---|---|")
     mark = {True: "yes", False: "no"}
     body = [f"| {r.backend} | {mark[r.has_jit]} | {mark[r.has_vmap]} | "
-            f"{mark[r.supports_forward_mode]} | {mark[r.compiles_control_flow]} |"
+            f"{mark[r.supports_forward_mode]} | {mark[r.compiles_control_flow]} | "
+            f"{mark[r.has_mutable_arrays]} |"
             for r in capability_table()]
     return "\n".join([head, *body])
 

@@ -36,12 +36,12 @@ def test_schedule_values(backend):
     B = backend
     c = np.array(COUNTS, dtype=float)
     np.testing.assert_allclose(values(B, constant_schedule(0.3, backend=B)), 0.3, **_tol(B))
-    np.testing.assert_allclose(values(B, exponential_decay(0.5, 0.1, 10, backend=B)),
+    np.testing.assert_allclose(values(B, exponential_decay(0.5, 10, 0.1, backend=B)),
                                0.5 * 0.1 ** (c / 10), **_tol(B))
-    np.testing.assert_allclose(values(B, exponential_decay(0.5, 0.1, 10, staircase=True,
+    np.testing.assert_allclose(values(B, exponential_decay(0.5, 10, 0.1, staircase=True,
                                                            backend=B)),
                                0.5 * 0.1 ** np.floor(c / 10), **_tol(B))
-    np.testing.assert_allclose(values(B, exponential_decay(0.5, 0.1, 10, end_value=0.01,
+    np.testing.assert_allclose(values(B, exponential_decay(0.5, 10, 0.1, end_value=0.01,
                                                            backend=B)),
                                np.maximum(0.5 * 0.1 ** (c / 10), 0.01), **_tol(B))
     np.testing.assert_allclose(values(B, cosine_decay_schedule(2.0, 20, alpha=0.1, backend=B)),
@@ -60,7 +60,7 @@ def test_schedule_values(backend):
 
 def test_schedule_drives_sgd(backend):
     B = backend
-    opt = SGD(exponential_decay(0.1, 0.5, 1, backend=B), backend=B)
+    opt = SGD(exponential_decay(0.1, 1, 0.5, backend=B), backend=B)
     params = b_params(B)
     state = opt.init(params)
     x = {k: B.to_numpy(v) for k, v in params.items()}
