@@ -15,7 +15,11 @@ sampling for a batch of chains, written once on the Backend:
   Ctrl-C between chunks keeps the draws collected so far (with a warning);
 - non-finite log densities or gradients never raise inside a run: the kernels treat them as
   divergences, the estimators skip them, and they are counted per chain
-  (:meth:`MCMC.print_summary`).
+  (:meth:`MCMC.print_summary`);
+- a model (``NUTS(model)``) becomes a flat log density in unconstrained space through agvi's
+  effect handlers (:func:`agvi.handlers.util.potential_energy`); its array arguments are
+  arguments of the compiled programs, so the cache above covers models too, and the draws are
+  mapped back to constrained site values (with the deterministic sites) after the run.
 
 References
 ----------
@@ -36,6 +40,10 @@ import numpy as np
 import optree
 
 from ...backends import get_backend, use_backend
+from ...distributions.transforms import biject_to
+from ...handlers.handlers import seed, substitute, trace
+from ...handlers.util import constrain_fn, potential_energy
+from ..initialization import init_to_uniform
 from . import hmc as hmc_module
 from . import nuts as nuts_module
 from .adaptation import (
@@ -54,6 +62,7 @@ from .integrators import logdensity_and_grad_fn
 __all__ = ["HMC", "MCMC", "MCMCState", "NUTS"]
 
 _INIT_TRIES = 100
+_CONSTRAIN_BLOCK = 256       # draws per compiled call when constraining a model's draws
 _INIT_RADIUS = 2.0
 _ARVIZ_STATS = {"accept_prob": "acceptance_rate", "num_steps": "n_steps",
                 "tree_depth": "tree_depth", "diverging": "diverging", "energy": "energy",
@@ -103,25 +112,36 @@ class _HamiltonianKernel:
                  target_accept_prob=0.8, inverse_mass_matrix=None, init_strategy=None,
                  adapt_per_chain=True):
         name = type(self).__name__
-        if model is not None:
-            raise NotImplementedError(f"{name}(model=...) arrives with agvi's effect handlers; "
-                                      "for now pass logdensity_fn= or potential_fn=")
-        if (logdensity_fn is None) == (potential_fn is None):
-            raise ValueError(f"{name} needs exactly one of logdensity_fn (the log density) and "
-                             "potential_fn (its negative); got "
-                             f"{'both' if logdensity_fn is not None else 'neither'}")
-        for arg, fn in (("logdensity_fn", logdensity_fn), ("potential_fn", potential_fn)):
+        given = [arg for arg, fn in (("model", model), ("logdensity_fn", logdensity_fn),
+                                     ("potential_fn", potential_fn)) if fn is not None]
+        if len(given) != 1:
+            raise ValueError(f"{name} needs exactly one of model (a probabilistic program), "
+                             "logdensity_fn (a log density) and potential_fn (its negative); "
+                             f"got {' and '.join(given) if given else 'none'}")
+        for arg, fn in (("model", model), ("logdensity_fn", logdensity_fn),
+                        ("potential_fn", potential_fn)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{arg} must be callable, got {type(fn).__name__}")
         if not 0.0 < target_accept_prob < 1.0:
             raise ValueError(f"target_accept_prob must lie in (0, 1), got {target_accept_prob!r}")
-        if init_strategy not in (None, "uniform", "zeros"):
+        if model is not None:
+            if not (init_strategy in (None, "uniform", "zeros") or callable(init_strategy)):
+                raise ValueError("init_strategy of a model must be None (init_to_uniform()), "
+                                 "'uniform', 'zeros' (unconstrained zeros) or a strategy of "
+                                 "agvi.infer.initialization (init_to_uniform, init_to_median, "
+                                 f"init_to_sample, init_to_value); got {init_strategy!r}")
+        elif init_strategy not in (None, "uniform", "zeros"):
+            hint = (" (the strategies of agvi.infer.initialization need model=)"
+                    if callable(init_strategy) else "")
             raise ValueError("init_strategy must be None (start at init_params), 'uniform' "
                              "(uniform(-2, 2) draws, retried until finite) or 'zeros'; got "
-                             f"{init_strategy!r}")
+                             f"{init_strategy!r}{hint}")
+        self.model = model
         self.backend = get_backend()
         self.potential_fn = potential_fn
-        if potential_fn is not None:
+        if model is not None:
+            self.logdensity_fn = None
+        elif potential_fn is not None:
             def logdensity(*args):
                 return -potential_fn(*args)
             self.logdensity_fn = logdensity
@@ -192,15 +212,26 @@ class NUTS(_HamiltonianKernel):
 
     Parameters
     ----------
-    model : None
-        Reserved: running a probabilistic program arrives with agvi's effect handlers.
+    model : callable, optional
+        A probabilistic program (``agvi.sample``, ``agvi.plate``, ``agvi.deterministic``,
+        ``agvi.factor``), called as ``model(*args, **kwargs)`` with the arguments of
+        :meth:`MCMC.run`. Its latent sample sites (continuous, of fixed shapes) are sampled in
+        unconstrained space: each through ``biject_to(site support)``, with the log-Jacobian
+        added (:func:`agvi.handlers.util.potential_energy`); the coordinates are the sites'
+        unconstrained values raveled in the order of their sorted names (as NumPyro's
+        ``ravel_pytree``). A subsampled plate keeps one subsample (drawn by the first run of
+        the model, from the key of :meth:`MCMC.run`) for the whole run, its sites' log
+        densities scaled by ``size / subsample_size``; ``agvi.param`` sites are constants at
+        their initial values. :meth:`MCMC.get_samples` returns constrained values by site
+        name.
     logdensity_fn : callable, optional
         ``logdensity_fn(params, *args) -> scalar``: the log density (up to a constant) of one
         point ``params``, a pytree of floating Arrays of the structure of ``init_params`` (a
         single Array of shape (d,) in the simplest case), written with the backend's
         operations; ``args`` are the extra positional arguments of :meth:`MCMC.run` (data).
     potential_fn : callable, optional
-        The negative log density, same signature. Give exactly one of the two.
+        The negative log density, same signature. Give exactly one of ``model``,
+        ``logdensity_fn`` and ``potential_fn``.
     step_size : float or Array of shape (num_chains,)
         Initial step size (the starting point of the warmup search when adapted).
     adapt_step_size : bool
@@ -220,11 +251,18 @@ class NUTS(_HamiltonianKernel):
         (num_chains, d, d) (dense); default the identity. With ``adapt_mass_matrix=False`` it
         is used throughout (e.g. ``mcmc.adapted_params["inverse_mass_matrix"]`` of an earlier
         run).
-    init_strategy : {None, "uniform", "zeros"}
-        ``None``: start at ``init_params``; ``"uniform"``: ``init_params`` gives the structure
-        only and every coordinate is drawn from uniform(-2, 2) (unconstrained space), redrawn
-        up to 100 times per chain until the log density and its gradient are finite;
-        ``"zeros"``: start at zeros of that structure.
+    init_strategy : {None, "uniform", "zeros"} or callable
+        With ``logdensity_fn`` / ``potential_fn``: ``None``: start at ``init_params``;
+        ``"uniform"``: ``init_params`` gives the structure only and every coordinate is drawn
+        from uniform(-2, 2) (unconstrained space), redrawn up to 100 times per chain until the
+        log density and its gradient are finite; ``"zeros"``: start at zeros of that
+        structure. With ``model``: a strategy of :mod:`agvi.infer.initialization`
+        (``init_to_uniform()``, the default as in NumPyro, also for ``None`` and
+        ``"uniform"``; ``init_to_median()``, ``init_to_sample()``, ``init_to_value(values)``
+        with constrained values), applied to the latent sites that ``init_params`` leaves
+        out during one run of the model per chain (key: chain ``c``'s own), redrawn up to 100
+        times until the log density and its gradient are finite; or ``"zeros"``
+        (unconstrained zeros).
     adapt_per_chain : bool
         One step size and mass matrix per chain (default); ``False`` pools the chains: one
         dual-averaging update at the chains' mean acceptance, one Welford estimate over all
@@ -232,11 +270,11 @@ class NUTS(_HamiltonianKernel):
 
     Raises
     ------
-    NotImplementedError
-        If ``model`` is given.
     ValueError
-        If not exactly one of ``logdensity_fn`` and ``potential_fn`` is given, or a setting is
-        out of range.
+        If not exactly one of ``model``, ``logdensity_fn`` and ``potential_fn`` is given, or
+        a setting is out of range.
+    TypeError
+        If the one given is not callable.
 
     References
     ----------
@@ -252,6 +290,18 @@ class NUTS(_HamiltonianKernel):
     >>> mcmc.run(B.key(0), init_params=B.zeros(2))
     >>> B.shape(mcmc.get_samples())
     (50, 2)
+
+    A model (constrained sites are sampled in unconstrained space):
+
+    >>> import agvi.distributions as dist
+    >>> def model(y):
+    ...     scale = agvi.sample("scale", dist.HalfNormal(1.0))
+    ...     with agvi.plate("data", len(y)):
+    ...         agvi.sample("y", dist.Normal(0.0, scale), obs=y)
+    >>> mcmc = MCMC(NUTS(model), num_warmup=50, num_samples=50, progress_bar=False)
+    >>> mcmc.run(B.key(0), B.asarray([0.5, -1.0, 0.3]))
+    >>> B.shape(mcmc.get_samples()["scale"])
+    (50,)
     """
 
     _FIELDS = {"accept_prob": "float", "num_steps": "int", "tree_depth": "int",
@@ -309,7 +359,7 @@ dense_mass, target_accept_prob, inverse_mass_matrix, init_strategy, adapt_per_ch
 
     Raises
     ------
-    NotImplementedError, ValueError
+    ValueError, TypeError
         As :class:`NUTS`; also if ``num_steps`` is not a positive int or
         ``trajectory_length`` is not positive.
 
@@ -368,7 +418,9 @@ def _path_name(path) -> str:
 class _Structure:
     """The pytree structure of one chain's parameters and its raveling to (d,)."""
 
-    def __init__(self, B, tree):
+    def __init__(self, B, tree, sites=False):
+        #: True for a model's unconstrained values by latent site name
+        self.sites = sites
         leaves, self.treedef = B.tree_flatten(tree)
         if not leaves:
             raise ValueError("init_params has no array leaves")
@@ -389,6 +441,19 @@ class _Structure:
                 names.extend(f"{name}[{','.join(str(i) for i in idx)}]"
                              for idx in np.ndindex(*shape))
         return names
+
+    def describe(self, j) -> str:
+        """Words for flat coordinate ``j`` (in error messages)."""
+        if not self.sites:
+            return f"coordinate {self.coordinate_names()[j]} (flat index {j})"
+        start = 0
+        for name, shape, size in zip(self.leaf_names, self.shapes, self.sizes, strict=True):
+            if j < start + size:
+                index = np.unravel_index(j - start, shape) if shape else ()
+                where = f" coordinate [{','.join(str(int(i)) for i in index)}]" if shape else ""
+                return f"site {name!r}{where} (flat index {j}, unconstrained value)"
+            start += size
+        raise IndexError(j)
 
     def ravel(self, B, tree, dtype):
         leaves = B.tree_leaves(tree)
@@ -421,6 +486,194 @@ def _is_batched(B, init_params, num_chains) -> bool:
     if single and B.ndim(leaves[0]) == 1:
         return False
     return all(B.ndim(leaf) >= 1 and B.shape(leaf)[0] == num_chains for leaf in leaves)
+
+
+# --------------------------------------------------------------------------- models
+class _Dynamic:
+    """Marks, in the static description of a model's arguments, where an array goes."""
+
+    def __repr__(self):
+        return "<array>"
+
+
+_DYNAMIC = _Dynamic()
+
+
+def _hashable(leaf):
+    try:
+        hash(leaf)
+    except TypeError:         # unhashable static argument: keyed by identity (kept alive)
+        return ("id", id(leaf), leaf.__class__.__name__)
+    return leaf
+
+
+def _split_args(B, args, kwargs):
+    """Split a model's ``(args, kwargs)`` into arrays (arguments of the compiled program) and
+    the rest (Python scalars, strings, ...: part of the program's cache key).
+
+    Returns ``(arrays, treedef, static, key)``: ``arrays`` the array leaves as backend arrays
+    (floating ones in the backend's float dtype), ``static`` the leaves with ``_DYNAMIC``
+    where an array goes, ``key`` a hashable description of ``treedef`` and ``static``.
+    """
+    leaves, treedef = optree.tree_flatten((tuple(args), dict(kwargs)), none_is_leaf=False)
+    arrays, static = [], []
+    for leaf in leaves:
+        if isinstance(leaf, np.ndarray) or B.is_array(leaf):
+            arr = B.asarray(leaf)
+            if B.is_floating(arr):
+                arr = B.astype(arr, B.float_dtype)
+            arrays.append(arr)
+            static.append(_DYNAMIC)
+        else:
+            static.append(leaf)
+    key = (treedef, tuple(_hashable(leaf) for leaf in static))
+    return arrays, treedef, tuple(static), key
+
+
+def _rebuild(treedef, static, arrays):
+    """The model's ``(args, kwargs)`` from the static leaves and the arrays."""
+    it = iter(arrays)
+    return optree.tree_unflatten(treedef, [next(it) if leaf is _DYNAMIC else leaf
+                                           for leaf in static])
+
+
+def _fixed_model(model, frozen):
+    """``model`` with its subsampled plates' indices and its param sites fixed."""
+    return substitute(model, data=frozen) if frozen else model
+
+
+def _model_logdensity(model, treedef, static):
+    """``logdensity(params, dyn)``: the model's log density in unconstrained space.
+
+    ``params``: unconstrained values by latent site name; ``dyn = (arrays, frozen)``: the
+    array arguments of the model and the fixed plate / param values (traced on JAX).
+    """
+    def logdensity(params, dyn):
+        arrays, frozen = dyn
+        args, kwargs = _rebuild(treedef, static, arrays)
+        return -potential_energy(_fixed_model(model, frozen), args, kwargs, params)
+
+    return logdensity
+
+
+def _model_constrain(model, treedef, static):
+    """``constrain(params, dyn)``: constrained latent values and deterministic sites."""
+    def constrain(params, dyn):
+        arrays, frozen = dyn
+        args, kwargs = _rebuild(treedef, static, arrays)
+        return constrain_fn(_fixed_model(model, frozen), args, kwargs, params,
+                            return_deterministic=True)
+
+    return constrain
+
+
+class _ModelInfo(NamedTuple):
+    """What the prototype run of a model found (kept with the post-warmup state)."""
+
+    latent: dict          # name -> (unconstrained shape, constrained shape), in program order
+    deterministic: list   # names of the deterministic sites
+    frozen: dict          # name -> value of the subsampled plates and param sites
+
+
+def _inspect_model(B, model, args, kwargs, key):
+    """Run ``model`` once under ``seed(key)`` and describe its sites (:class:`_ModelInfo`)."""
+    tr = trace(seed(model, key)).get_trace(*args, **kwargs)
+    latent, deterministic, frozen = {}, [], {}
+    for name, site in tr.items():
+        kind = site["type"]
+        if kind == "sample" and not site["is_observed"]:
+            support = site["fn"].support
+            if getattr(support, "is_discrete", False):
+                raise NotImplementedError(
+                    f"latent site {name!r} is discrete ({type(site['fn']).__name__}); HMC and "
+                    "NUTS need continuous latent sites (observe it, or marginalise it out with "
+                    "agvi.factor)")
+            x = site["value"]
+            u = biject_to(support).inverse(x)
+            latent[name] = (tuple(B.shape(u)), tuple(B.shape(x)))
+        elif kind == "deterministic":
+            deterministic.append(name)
+        elif kind == "plate" and site["args"][1] < site["args"][0]:
+            frozen[name] = site["value"]       # one subsample for the whole run
+        elif kind == "param":
+            frozen[name] = site["value"]       # a constant of the posterior
+    if not latent:
+        raise ValueError("the model has no latent sample site: nothing to sample (every "
+                         "agvi.sample site is observed)")
+    return _ModelInfo(latent, deterministic, frozen)
+
+
+def _model_init_point(B, model, args, kwargs, info, structure, key, strategy, given, dtype):
+    """One chain's flat unconstrained initial point (d,).
+
+    Latent sites in ``given`` (unconstrained values) take those values; the others are drawn
+    by ``strategy`` (``init_fn(site, key) -> constrained value``, or ``"zeros"``: unconstrained
+    zeros), in program order, with the site's own key ``fold_in(key, i)`` (as NumPyro, during
+    one run of the model, so a site's distribution sees its parents' initial values).
+    """
+    order = {name: i for i, name in enumerate(info.latent)}
+    k_seed = B.fold_in(key, len(order))
+
+    def sub(site):
+        name = site["name"]
+        if site["type"] != "sample" or site["is_observed"] or name not in order:
+            return None
+        t = biject_to(site["fn"].support)
+        if name in given:
+            return t(B.astype(B.asarray(given[name]), dtype))
+        if strategy == "zeros":
+            return t(B.zeros(info.latent[name][0], dtype=dtype))
+        return strategy(site, B.fold_in(key, order[name]))
+
+    tr = trace(substitute(seed(model, k_seed), substitute_fn=sub)).get_trace(*args, **kwargs)
+    params = {}
+    for name, (u_shape, _) in info.latent.items():
+        site = tr[name]
+        if name in given:         # exactly as given (no round trip through the bijector)
+            u = B.asarray(given[name])
+        elif strategy == "zeros":
+            u = B.zeros(u_shape, dtype=dtype)
+        else:
+            u = biject_to(site["fn"].support).inverse(B.asarray(site["value"]))
+        if tuple(B.shape(u)) != u_shape:
+            raise ValueError(f"latent site {name!r} has unconstrained shape {B.shape(u)} here "
+                             f"but {u_shape} in the model's first run: HMC and NUTS need "
+                             "sites of fixed shapes")
+        params[name] = u
+    return structure.ravel(B, params, dtype)
+
+
+def _model_init_params(B, info, init_params, num_chains):
+    """``init_params`` of a model checked: ``[given dict of chain c for c in chains]``.
+
+    Each value is unconstrained, of the site's unconstrained shape (one point for all chains)
+    or with a leading axis of length ``num_chains`` (one point per chain).
+    """
+    if init_params is None:
+        return [{}] * num_chains
+    if not isinstance(init_params, dict):
+        raise TypeError("init_params of a model must be a dict {site name: unconstrained "
+                        f"value}}, got {type(init_params).__name__}")
+    unknown = [name for name in init_params if name not in info.latent]
+    if unknown:
+        raise ValueError(f"init_params names {unknown}, which are not latent sample sites of "
+                         f"the model (latent sites: {list(info.latent)})")
+    per_chain = [{} for _ in range(num_chains)]
+    for name, value in init_params.items():
+        value = B.asarray(value)
+        shape = tuple(B.shape(value))
+        u_shape = info.latent[name][0]
+        if shape == u_shape:
+            for c in range(num_chains):
+                per_chain[c][name] = value
+        elif shape == (num_chains,) + u_shape:
+            for c in range(num_chains):
+                per_chain[c][name] = value[c]
+        else:
+            raise ValueError(f"init_params[{name!r}] must have the site's unconstrained shape "
+                             f"{u_shape} or ({num_chains},) + {u_shape} (one per chain); got "
+                             f"{shape}")
+    return per_chain
 
 
 # --------------------------------------------------------------------------- helpers
@@ -470,7 +723,6 @@ def _culprit(B, logdensity, x) -> int | None:
 
 
 def _nonfinite_message(B, logdensity, structure, x, value, grad, chain, tries) -> str:
-    names = structure.coordinate_names()
     bad_x = ~np.isfinite(x)
     bad_g = ~np.isfinite(grad)
     if bad_x.any():
@@ -489,33 +741,38 @@ def _nonfinite_message(B, logdensity, structure, x, value, grad, chain, tries) -
     else:
         j = int(np.argmax(bad_g))
         what = f"the log density is finite ({value:.6g}) but its gradient is non-finite"
-    tried = f" after {tries} uniform(-2, 2) draws" if tries else ""
-    return (f"no finite initial point for chain {chain}{tried}: {what}: coordinate "
-            f"{names[j]} (flat index {j}) = {float(x[j])!r}, gradient {float(grad[j])!r}. "
-            "Check the log density's support and init_params (or pass "
-            "init_strategy='uniform').")
+    if structure.sites:
+        tried = f" after {tries + 1} draws of init_strategy" if tries else ""
+        advice = ("Check the model's supports and data, and init_params / init_strategy "
+                  "(agvi.infer.initialization).")
+    else:
+        tried = f" after {tries} uniform(-2, 2) draws" if tries else ""
+        advice = ("Check the log density's support and init_params (or pass "
+                  "init_strategy='uniform').")
+    return (f"no finite initial point for chain {chain}{tried}: {what}: "
+            f"{structure.describe(j)} = {float(x[j])!r}, gradient {float(grad[j])!r}. "
+            + advice)
 
 
 # --------------------------------------------------------------------------- compiled pieces
-def _flat_logdensity(kernel, B, structure, args):
-    logdensity_fn = kernel.logdensity_fn
-
+def _flat_logdensity(logdensity_fn, B, structure, args):
+    """The log density of one flat point ``x`` (d,): ``logdensity_fn(unravel(x), *args)``."""
     def flat(x):
         return logdensity_fn(structure.unravel(B, x), *args)
 
     return flat
 
 
-def _build_init(B, kernel, structure, num_chains, extra_fields):
+def _build_init(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
     def init(position, args):
-        return hmc_module.init(position, _flat_logdensity(kernel, B, structure, args))
+        return hmc_module.init(position, _flat_logdensity(logdensity_fn, B, structure, args))
 
     return init
 
 
-def _build_warmup_init(B, kernel, structure, num_chains, extra_fields):
+def _build_warmup_init(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
     def warmup_init(keys, state, step_size, inverse_mass_matrix, args):
-        ldg = logdensity_and_grad_fn(_flat_logdensity(kernel, B, structure, args))
+        ldg = logdensity_and_grad_fn(_flat_logdensity(logdensity_fn, B, structure, args))
         eps = find_reasonable_step_size(keys, state, None, inverse_mass_matrix, step_size,
                                         logdensity_and_grad=ldg)
         if not kernel.adapt_per_chain:
@@ -531,7 +788,7 @@ def _adaptation(kernel):
     return da, welford
 
 
-def _build_chunk(B, kernel, structure, num_chains, extra_fields):
+def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
     """One chunk of transitions: ``chunk(carry, xs, args) -> (carry, ys)``.
 
     ``xs`` holds per-transition flags (arrays of the chunk's length): ``t`` (the index of
@@ -552,7 +809,7 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields):
                               and kernel.max_tree_depth_warmup != kernel.max_tree_depth)
 
     def chunk(carry, xs, args):
-        logdensity = _flat_logdensity(kernel, B, structure, args)
+        logdensity = _flat_logdensity(logdensity_fn, B, structure, args)
         transition = kernel._transition(logdensity, warmup=False)
         if separate_warmup_kernel:
             warmup_transition = kernel._transition(logdensity, warmup=True)
@@ -723,9 +980,20 @@ class MCMC:
         self._samples = None
         self._extra = None
         self._stats = None
+        # the log density the compiled programs evaluate: logdensity_fn(params, *args), and
+        # what besides the kernel and the structure identifies it (see _compiled)
+        self._target_fn = None
+        self._target_key = None
+        # models: the sites found by the warmup's prototype run, the run's traced arguments
+        # and the constrained draws (computed on first use)
+        self._model_info = None
+        self._model_args = None
+        self._model_point = None
+        self._constrained = None
 
     # ----------------------------------------------------------------------- public API
-    def warmup(self, key, *args, init_params=None, collect_warmup=False, extra_fields=()):
+    def warmup(self, key, *args, init_params=None, collect_warmup=False, extra_fields=(),
+               **kwargs):
         """Run warmup only; the adapted state becomes :attr:`post_warmup_state`.
 
         A following :meth:`run` skips warmup and samples from there (with ``run``'s key; the
@@ -735,9 +1003,9 @@ class MCMC:
         ----------
         key : Array or int
             A random key (``B.key(seed)``) or an int seed.
-        *args
-            Extra positional arguments of the log density (data).
-        init_params : pytree, optional
+        *args, **kwargs
+            The model's arguments, or the extra positional arguments of the log density.
+        init_params : pytree or dict, optional
             As for :meth:`run`.
         collect_warmup : bool
             Keep the warmup draws and statistics: :meth:`get_samples` and
@@ -747,10 +1015,10 @@ class MCMC:
             As for :meth:`run` (with ``collect_warmup``).
         """
         self._check_extra_fields(extra_fields)
-        self._execute(key, args, init_params, tuple(extra_fields), do_warmup=True,
+        self._execute(key, args, kwargs, init_params, tuple(extra_fields), do_warmup=True,
                       do_sample=False, collect_warmup=bool(collect_warmup))
 
-    def run(self, key, *args, init_params=None, extra_fields=()):
+    def run(self, key, *args, init_params=None, extra_fields=(), **kwargs):
         """Run warmup (unless :attr:`post_warmup_state` is set) and sampling.
 
         Parameters
@@ -758,16 +1026,24 @@ class MCMC:
         key : Array or int
             A random key (``B.key(seed)``) or an int seed. Chain ``c`` uses
             ``B.fold_in(key, c)`` only.
-        *args
-            Extra positional arguments passed to the log density after the parameters (data).
-            On JAX they are arguments of the compiled program: a new run with arrays of the
-            same shapes does not recompile.
-        init_params : pytree of Arrays, optional
-            The initial point of one chain (broadcast to all chains), or with a leading axis of
-            length ``num_chains`` on every leaf (one point per chain; a single 1-d Array is
-            always one point; with one chain only a single Array of shape (1, d) is read as
-            batched). Required unless continuing from :attr:`post_warmup_state`; with
-            ``init_strategy="uniform"`` or ``"zeros"`` only its structure is used.
+        *args, **kwargs
+            With ``model=``: the model's arguments, as ``model(*args, **kwargs)`` (e.g.
+            ``mcmc.run(key, sigma, y=y)``). Array leaves (NumPy or the backend's; floating ones
+            cast to the backend's float dtype) are arguments of the compiled program: on JAX a
+            new run with arrays of the same shapes does not recompile; other leaves (Python
+            numbers, strings) are constants of it (a new value compiles anew). With
+            ``logdensity_fn=`` / ``potential_fn=``: extra positional arguments passed to it
+            after the parameters (data), as given; keyword arguments are refused.
+        init_params : pytree of Arrays, or dict for a model, optional
+            ``logdensity_fn`` / ``potential_fn``: the initial point of one chain (broadcast to
+            all chains), or with a leading axis of length ``num_chains`` on every leaf (one
+            point per chain; a single 1-d Array is always one point; with one chain only a
+            single Array of shape (1, d) is read as batched). Required unless continuing from
+            :attr:`post_warmup_state`; with ``init_strategy="uniform"`` or ``"zeros"`` only
+            its structure is used. ``model``: a dict ``{site name: unconstrained value}``
+            (NumPyro's convention: the value of ``biject_to(site support).inv``), each of the
+            site's unconstrained shape or with a leading axis of length ``num_chains``; sites
+            left out are drawn by the kernel's ``init_strategy``.
         extra_fields : tuple of str
             Per-draw quantities to keep besides the default ones (``accept_prob``,
             ``num_steps``, ``diverging``, ``energy``, ``num_nonfinite``, ``logdensity``,
@@ -778,15 +1054,20 @@ class MCMC:
         ------
         ValueError
             If no initial point is available, its shapes do not match, no finite initial
-            point is found (the message names the coordinate, its value and whether the log
-            density or its gradient was non-finite), or an extra field is unknown.
+            point is found (the message names the coordinate, or for a model the site and
+            its coordinate, its value and whether the log density or its gradient was
+            non-finite), or an extra field is unknown.
+        TypeError
+            If keyword arguments are given to a kernel without ``model``.
+        NotImplementedError
+            If a model has a discrete latent site.
         """
         self._check_extra_fields(extra_fields)
-        self._execute(key, args, init_params, tuple(extra_fields),
+        self._execute(key, args, kwargs, init_params, tuple(extra_fields),
                       do_warmup=self.post_warmup_state is None, do_sample=True)
 
     def get_samples(self, group_by_chain: bool = False):
-        """The draws, in the structure of ``init_params``.
+        """The draws.
 
         Parameters
         ----------
@@ -796,13 +1077,18 @@ class MCMC:
 
         Returns
         -------
-        pytree of Arrays (the backend's arrays).
+        dict or pytree of Arrays (the backend's arrays)
+            With ``model=``: ``{site name: constrained values}`` for every latent sample site
+            and every deterministic site, in program order. Otherwise the structure of
+            ``init_params``.
 
         Raises
         ------
         RuntimeError
             Before :meth:`run`.
         """
+        if self.kernel.model is not None:
+            return self._model_samples(group_by_chain)
         flat = self._flat_samples(group_by_chain)
         with use_backend(self.kernel.backend) as B:
             return self._structure.unravel(B, flat)
@@ -867,16 +1153,25 @@ class MCMC:
     def to_arviz(self):
         """The draws and sample statistics as an ``arviz.InferenceData``.
 
+        Returns
+        -------
+        arviz.InferenceData
+            ``posterior``: one variable per parameter leaf (for a model: per latent and
+            deterministic site, constrained), dims (chain, draw, ...); ``sample_stats``:
+            ``acceptance_rate``, ``n_steps``, ``diverging``, ``energy``, ``lp``,
+            ``step_size`` (and ``tree_depth`` for NUTS).
+
         Raises
         ------
         ImportError
-            If ArviZ is not installed (``pip install arviz``).
+            If ArviZ is not installed (``pip install arviz``; it is in agvi's ``crosscheck``
+            extra).
         """
         try:
             import arviz as az
         except ImportError as exc:
             raise ImportError("MCMC.to_arviz needs ArviZ, which is not installed: "
-                              "pip install arviz") from exc
+                              "pip install arviz (or agvi[crosscheck])") from exc
         posterior = self._host_samples()
         B = self.kernel.backend
         stats = {}
@@ -896,8 +1191,66 @@ class MCMC:
             flat = B.reshape(flat, (c * n, d))
         return flat
 
+    def _model_samples(self, group_by_chain):
+        """A model's constrained draws ``{name: (C, N, ...) or (C * N, ...)}`` (latent and
+        deterministic sites), computed once per run from the unconstrained ones."""
+        flat = self._flat_samples(True)
+        B = self.kernel.backend
+        if self._constrained is None:
+            with use_backend(B):
+                self._constrained = self._constrain_draws(B, flat)
+        c, n = B.shape(flat)[:2]
+        if group_by_chain:
+            return dict(self._constrained)
+        return {name: B.reshape(v, (c * n,) + tuple(B.shape(v)[2:]))
+                for name, v in self._constrained.items()}
+
+    def _constrain_draws(self, B, flat):
+        """Constrained latent values and deterministic sites of the draws ``flat`` (C, N, d):
+        the model run once per draw (``B.vmap``; compiled and cached on JAX)."""
+        kernel = self.kernel
+        treedef, static, dyn = self._model_args
+        c, n, d = B.shape(flat)
+        key = ("constrain", self._structure.key, self._target_key)
+        fn = kernel._cache.get(key)
+        if fn is None:
+            fn = B.jit(B.vmap(_model_constrain(kernel.model, treedef, static), in_axes=(0, None)))
+            kernel._cache[key] = fn
+        rows = B.reshape(flat, (c * n, d))
+        # blocks of a fixed length where programs compile (padded with zeros, valid
+        # unconstrained points), so that another number of draws compiles nothing new
+        block = _CONSTRAIN_BLOCK if B.has_jit else max(c * n, 1)
+        pieces = []
+        for lo in range(0, max(c * n, 1), block):
+            part = rows[lo:lo + block]
+            size = B.shape(part)[0]
+            if size < block:
+                part = B.concatenate([part, B.zeros((block - size, d), dtype=B.dtype_of(flat))])
+            pieces.append(self._constrain_block(B, fn, part, dyn))
+        out = {name: B.concatenate([p[name] for p in pieces]) if len(pieces) > 1
+               else pieces[0][name] for name in pieces[0]}
+        names = list(self._model_info.latent) + [
+            name for name in self._model_info.deterministic if name in out]
+        return {name: B.reshape(out[name][:c * n], (c, n) + tuple(B.shape(out[name])[1:]))
+                for name in names}
+
+    def _constrain_block(self, B, fn, rows, dyn):
+        params = self._structure.unravel(B, rows)
+        if B.has_jit:
+            return fn(params, dyn)
+        try:
+            return fn(params, dyn)
+        except Exception:      # a model that torch.func.vmap cannot map: loop over the draws
+            treedef, static, _ = self._model_args
+            one = _model_constrain(self.kernel.model, treedef, static)
+            outs = [one(B.tree_map(lambda leaf, i=i: leaf[i], params), dyn)
+                    for i in range(B.shape(rows)[0])]
+            return {name: B.stack([o[name] for o in outs]) for name in outs[0]}
+
     def _host_samples(self) -> dict:
         B = self.kernel.backend
+        if self.kernel.model is not None:
+            return {name: B.to_numpy(v) for name, v in self._model_samples(True).items()}
         flat = B.to_numpy(self._flat_samples(True))
         out, start = {}, 0
         s = self._structure
@@ -921,7 +1274,7 @@ class MCMC:
                                  f"{sorted(kernel._FIELDS) + ['logdensity', 'step_size']}; "
                                  f"on request: {list(allowed)}")
 
-    def _execute(self, key, args, init_params, extra_fields, do_warmup, do_sample,
+    def _execute(self, key, args, kwargs, init_params, extra_fields, do_warmup, do_sample,
                  collect_warmup=False):
         kernel = self.kernel
         B = kernel.backend
@@ -929,34 +1282,20 @@ class MCMC:
         with use_backend(B), np.errstate(all="ignore"):
             key = _as_key(B, key)
             start = self.post_warmup_state if not do_warmup else None
-            if init_params is not None:
-                batched = _is_batched(B, init_params, self.num_chains)
-                one = (B.tree_map(lambda leaf: B.asarray(leaf)[0], init_params) if batched
-                       else init_params)
-                self._structure = _Structure(B, one)
-            elif start is None:
-                raise ValueError("init_params is required with logdensity_fn/potential_fn: it "
-                                 "gives the structure and the starting point of one chain")
-            elif self._structure is None:
-                raise ValueError("post_warmup_state is set but the parameter structure is "
-                                 "unknown: pass init_params")
             if start is not None and B.shape(start.hmc_state.position)[0] != self.num_chains:
                 raise ValueError("post_warmup_state holds "
                                  f"{B.shape(start.hmc_state.position)[0]} chains but "
                                  f"num_chains={self.num_chains}")
-            dtype = B.float_dtype
-            init_flat = None
-            if start is None:
-                if init_params is None:
-                    raise ValueError("init_params is required to start warmup")
-                if batched:
-                    init_flat = B.stack([self._structure.ravel(
-                        B, B.tree_map(lambda leaf, c=c: B.asarray(leaf)[c], init_params), dtype)
-                        for c in range(self.num_chains)])
-                else:
-                    init_flat = B.stack([self._structure.ravel(B, init_params, dtype)]
-                                        * self.num_chains)
             chain_keys = [B.key_data(B.fold_in(key, c)) for c in range(self.num_chains)]
+            if kernel.model is not None:
+                args, init_flat = self._prepare_model(B, key, chain_keys, args, kwargs,
+                                                      init_params, start)
+            else:
+                if kwargs:
+                    raise TypeError(f"keyword arguments {sorted(kwargs)} are for a model "
+                                    "(NUTS(model=...)); a logdensity_fn / potential_fn takes "
+                                    "positional data arguments only")
+                init_flat = self._prepare_logdensity(B, init_params, start)
             if self.chain_method == "vectorized" or self.num_chains == 1:
                 groups = [list(range(self.num_chains))]
             else:
@@ -974,6 +1313,74 @@ class MCMC:
                     break
             self._collect(B, results, do_warmup, do_sample, collect_warmup)
 
+    def _prepare_logdensity(self, B, init_params, start):
+        """Set the structure and target of a ``logdensity_fn`` run; the initial points (C, d)
+        (None when continuing from ``start``)."""
+        kernel = self.kernel
+        self._target_fn, self._target_key = kernel.logdensity_fn, None
+        batched = False
+        if init_params is not None:
+            batched = _is_batched(B, init_params, self.num_chains)
+            one = (B.tree_map(lambda leaf: B.asarray(leaf)[0], init_params) if batched
+                   else init_params)
+            self._structure = _Structure(B, one)
+        elif start is None:
+            raise ValueError("init_params is required with logdensity_fn/potential_fn: it "
+                             "gives the structure and the starting point of one chain")
+        elif self._structure is None:
+            raise ValueError("post_warmup_state is set but the parameter structure is "
+                             "unknown: pass init_params")
+        if start is not None:
+            return None
+        dtype = B.float_dtype
+        if batched:
+            return B.stack([self._structure.ravel(
+                B, B.tree_map(lambda leaf, c=c: B.asarray(leaf)[c], init_params), dtype)
+                for c in range(self.num_chains)])
+        return B.stack([self._structure.ravel(B, init_params, dtype)] * self.num_chains)
+
+    def _prepare_model(self, B, key, chain_keys, args, kwargs, init_params, start):
+        """Set the structure and target of a model run; ``(args, init_flat)``: the arguments
+        of the compiled programs and the initial points (C, d) (None when continuing)."""
+        kernel = self.kernel
+        dtype = B.float_dtype
+        arrays, treedef, static, static_key = _split_args(B, args, kwargs)
+        margs, mkwargs = _rebuild(treedef, static, arrays)
+        if start is None:
+            # the prototype run: chain 0's key folded with 4 (0-3 are the phases' and the
+            # initialisation's), so that it does not depend on the number of chains
+            proto_key = B.fold_in(B.fold_in(key, 0), 4)
+            info = _inspect_model(B, kernel.model, margs, mkwargs, proto_key)
+            self._model_info = info
+            self._structure = _Structure(
+                B, {name: B.zeros(u_shape, dtype=dtype)
+                    for name, (u_shape, _) in info.latent.items()}, sites=True)
+        elif self._model_info is None:
+            raise ValueError("post_warmup_state is set but the model's sites are unknown: "
+                             "run warmup() or run() with this MCMC object first")
+        info = self._model_info
+        self._target_fn = _model_logdensity(kernel.model, treedef, static)
+        self._target_key = ("model", static_key)
+        self._model_args = (treedef, static, (arrays, dict(info.frozen)))
+        if start is not None:
+            return (self._model_args[2],), None
+        given = _model_init_params(B, info, init_params, self.num_chains)
+        strategy = kernel.init_strategy
+        if strategy in (None, "uniform"):
+            strategy = init_to_uniform()
+        fixed = _fixed_model(kernel.model, info.frozen)
+        structure = self._structure
+
+        def point(chain, chain_key, attempt):
+            k = B.fold_in(B.fold_in(chain_key, 2), attempt)
+            return _model_init_point(B, fixed, margs, mkwargs, info, structure, k, strategy,
+                                     given[chain], dtype)
+
+        complete = init_params is not None and set(init_params) == set(info.latent)
+        self._model_point = None if complete or strategy == "zeros" else point
+        init_flat = B.stack([point(c, chain_keys[c], 0) for c in range(self.num_chains)])
+        return (self._model_args[2],), init_flat
+
     def _collect(self, B, results, do_warmup, do_sample, collect_warmup):
         done = sum(len(r["chains"]) for r in results)
         if done < self.num_chains:
@@ -987,8 +1394,12 @@ class MCMC:
             (B.tree_map(lambda *leaves: cat(list(leaves)), *[r["state"][i] for r in results])
              if i == 0 else cat([r["state"][i] for r in results])) for i in range(3)])
         self.last_state = state
+        self._constrained = None
         if do_warmup and not do_sample:       # as NumPyro: only warmup() sets it
             self.post_warmup_state = state
+        if do_warmup:
+            # this run's warmup (a run continuing from post_warmup_state keeps the counts of
+            # the warmup that made it)
             self._warmup_stats = {k: np.concatenate([r["warmup"][k] for r in results])
                                   for k in results[0]["warmup"]}
         elif getattr(self, "_warmup_stats", None) is None:
@@ -1018,12 +1429,14 @@ class MCMC:
         kernel (on JAX a later run with arguments of the same shapes reuses the program)."""
         kernel = self.kernel
         structure = self._structure
-        key = (kind, num_chains, structure.key, extra_fields, kernel._static())
+        key = (kind, num_chains, structure.key, extra_fields, kernel._static(),
+               self._target_key)
         fn = kernel._cache.get(key)
         if fn is None:
             builder = {"init": _build_init, "warmup_init": _build_warmup_init,
                        "chunk": _build_chunk}[kind]
-            fn = B.jit(builder(B, kernel, structure, num_chains, extra_fields))
+            fn = B.jit(builder(B, kernel, structure, num_chains, extra_fields,
+                               self._target_fn))
             kernel._cache[key] = fn
         return fn
 
@@ -1172,15 +1585,20 @@ class MCMC:
         return result
 
     def _initial_state(self, B, chains, chain_keys, init_flat, args):
-        """Initial HMC states of the chains, trying uniform draws where asked."""
+        """Initial HMC states of the chains, redrawing where the strategy allows."""
         kernel = self.kernel
         structure = self._structure
         init = self._compiled(B, "init", len(chains))
         dim = B.shape(init_flat)[-1]
         strategy = kernel.init_strategy
         position = init_flat
-        if strategy == "zeros":
-            position = B.zeros_like(init_flat)
+        model_point = self._model_point if kernel.model is not None else None
+        if kernel.model is not None:
+            retry = model_point is not None
+        else:
+            if strategy == "zeros":
+                position = B.zeros_like(init_flat)
+            retry = strategy == "uniform"
         tries = 0
 
         def draw(attempt):
@@ -1188,7 +1606,7 @@ class MCMC:
             return B.map(lambda k: B.uniform(k, (dim,), dtype=B.dtype_of(init_flat),
                                              minval=-_INIT_RADIUS, maxval=_INIT_RADIUS), keys)
 
-        if strategy == "uniform":
+        if kernel.model is None and strategy == "uniform":
             position = draw(0)
         state = init(position, args)
         while True:
@@ -1197,13 +1615,25 @@ class MCMC:
             bad = ~(np.isfinite(ld) & np.all(np.isfinite(grad), axis=-1))
             if not bad.any():
                 return state, position
-            if strategy != "uniform" or tries >= _INIT_TRIES:
+            redrawn = None
+            if retry and tries < _INIT_TRIES:
+                if model_point is None:
+                    redrawn = B.where(B.asarray(bad)[:, None], draw(tries + 1), position)
+                else:
+                    # one model run per chain still without a finite point
+                    old = B.to_numpy(position)
+                    new = old.copy()
+                    for i in np.flatnonzero(bad):
+                        new[i] = B.to_numpy(model_point(chains[i], chain_keys[i], tries + 1))
+                    # a strategy that draws nothing (init_to_value) gives the same point
+                    redrawn = (None if np.array_equal(new, old)
+                               else B.asarray(new, dtype=B.dtype_of(init_flat)))
+            if redrawn is None:
                 c = int(np.argmax(bad))
-                logdensity = _flat_logdensity(kernel, B, structure, args)
+                logdensity = _flat_logdensity(self._target_fn, B, structure, args)
                 raise ValueError(_nonfinite_message(B, logdensity, structure,
                                                     B.to_numpy(position)[c], ld[c], grad[c],
                                                     chains[c], tries))
             tries += 1
-            mask = B.asarray(bad)
-            position = B.where(mask[:, None], draw(tries), position)
+            position = redrawn
             state = init(position, args)

@@ -243,10 +243,16 @@ def test_init_params_per_chain_and_pooled_adaptation(NP):
 
 # ------------------------------------------------------------------------------ errors
 def test_constructor_errors():
-    with pytest.raises(NotImplementedError, match="effect handlers"):
-        NUTS(model=lambda: None)
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="exactly one of model"):
         NUTS()
+    with pytest.raises(ValueError, match="got model and logdensity_fn"):
+        NUTS(model=lambda: None, logdensity_fn=abs)
+    with pytest.raises(TypeError, match="model must be callable"):
+        NUTS(model=3)
+    with pytest.raises(ValueError, match="need model="):
+        NUTS(logdensity_fn=abs, init_strategy=lambda site, key: 0.0)
+    with pytest.raises(ValueError, match="init_strategy of a model"):
+        NUTS(model=lambda: None, init_strategy="median")
     with pytest.raises(ValueError, match="exactly one"):
         HMC(logdensity_fn=abs, potential_fn=abs)
     with pytest.raises(ValueError, match="max_tree_depth"):
@@ -331,6 +337,34 @@ def test_divergences_and_nonfinite_values_are_counted_and_reported(NP, capsys):
     assert "non-finite log density or gradient, per chain" in out
     assert "x[2]" in out and "ess_bulk" in out
     assert np.all(np.isfinite(B.to_numpy(mcmc.get_samples())))
+
+
+def test_gradient_evaluations_of_warmup_and_sampling_are_reported(NP, capsys):
+    B = NP
+    kernel = gaussian_kernel(B)
+    # the oracle: the per-transition step counts of the same warmup, collected
+    collected = MCMC(kernel, num_warmup=40, num_samples=30, num_chains=2, progress_bar=False)
+    collected.warmup(B.key(5), init_params=B.zeros(3), collect_warmup=True)
+    warmup_steps = int(B.to_numpy(collected.get_extra_fields()["num_steps"]).sum())
+    assert warmup_steps > 0
+    mcmc = MCMC(kernel, num_warmup=40, num_samples=30, num_chains=2, progress_bar=False)
+    mcmc.run(B.key(5), init_params=B.zeros(3))
+    sample_steps = int(B.to_numpy(mcmc.get_extra_fields()["num_steps"]).sum())
+    assert sample_steps > 0
+    expected = f"Gradient evaluations: {warmup_steps} in warmup, {sample_steps} in sampling"
+    mcmc.print_summary()
+    assert expected in capsys.readouterr().out
+    # warmup() then run(): the same counts (the run continues from the post-warmup state)
+    collected.run(B.key(5))
+    collected.print_summary()
+    assert expected in capsys.readouterr().out
+    # a second run with warmup reports its own warmup
+    mcmc.run(B.key(6), init_params=B.zeros(3))
+    other = MCMC(kernel, num_warmup=40, num_samples=30, num_chains=2, progress_bar=False)
+    other.warmup(B.key(6), init_params=B.zeros(3), collect_warmup=True)
+    mcmc.print_summary()
+    steps = int(B.to_numpy(other.get_extra_fields()["num_steps"]).sum())
+    assert f"Gradient evaluations: {steps} in warmup, " in capsys.readouterr().out
 
 
 def test_to_arviz(NP, monkeypatch):
