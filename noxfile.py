@@ -5,7 +5,6 @@
   framework (numpy: NumPy + autograd alone, which also proves that agvi works without torch/JAX).
 - ``agreement``: every framework in one environment; every backend compared with the NumPy oracle.
 - ``docs``: the documentation site (``mkdocs build --strict``).
-- ``examples``: every script in examples/ on every installed backend.
 - ``bench``: the benchmarks side by side with NumPyro, BlackJAX and Pyro (benchmarks/results.md).
 - ``examples``: every script in ``examples/``, short runs, on NumPy and on torch/JAX when present.
 - ``gpu``: tests and agreement on device ``cuda`` for torch and JAX, with the frameworks already
