@@ -48,6 +48,7 @@ import numpy as np
 
 from ..backends import get_backend, use_backend
 from .posterior_estimators import PosteriorEstimator
+from .progress import progress_bar as make_progress_bar
 
 __all__ = [
     "GVI", "GVIGradient", "LossGradient", "compute_and_differentiate_loss",
@@ -951,7 +952,7 @@ class GVI:
                                        "max_epochs_without_improvement")
         if self.initialize_estimator_to_prior and not self._initialized:
             self.initialize_estimator()
-        bar = _make_bar(n_epochs, self.progress_bar)
+        bar = make_progress_bar(n_epochs, "GVI", self.progress_bar)
         stall = 0
         try:
             for _ in range(n_epochs):
@@ -994,13 +995,3 @@ def _init_step(engine, opt, params, state, key):
     kl, grads = engine._reg_value_and_grad(params, key)
     new_params, state = opt.update(grads, state, params, value=kl)
     return kl, new_params, state
-
-
-def _make_bar(total, progress_bar):
-    if not progress_bar:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is optional
-        return None
-    return tqdm(total=total, desc="GVI", leave=False)

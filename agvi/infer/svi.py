@@ -25,6 +25,7 @@ import numpy as np
 from ..backends import get_backend, use_backend
 from ..distributions.transforms import biject_to
 from ..handlers.handlers import replay, seed, substitute, trace
+from .progress import progress_bar as make_progress_bar
 
 __all__ = ["SVI", "SVIRunResult", "SVIState"]
 
@@ -371,7 +372,7 @@ class SVI:
                 self._check_init_from(init_state, args, kwargs, key)
                 state = init_state
             kw = kwargs
-            bar = _make_bar(num_steps, progress_bar)
+            bar = make_progress_bar(num_steps, "SVI", progress_bar)
             losses = []
             fwd = bool(forward_mode_differentiation)
             if B.has_jit:
@@ -438,13 +439,3 @@ def B_key(B, key):
     if key is None:
         return B.key(0)
     return key
-
-
-def _make_bar(total, progress_bar):
-    if not progress_bar:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is optional
-        return None
-    return tqdm(total=total, desc="SVI", leave=False)

@@ -31,7 +31,6 @@ Phan, Pradhan and Jankowiak (2019), arXiv:1912.11554 (NumPyro's MCMC interface, 
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -44,6 +43,7 @@ from ...distributions.transforms import biject_to
 from ...handlers.handlers import seed, substitute, trace
 from ...handlers.util import constrain_fn, potential_energy
 from ..initialization import init_to_uniform
+from ..progress import progress_bar as make_progress_bar
 from . import hmc as hmc_module
 from . import nuts as nuts_module
 from .adaptation import (
@@ -686,19 +686,6 @@ def _as_key(B, key):
 def _fold(B, keys_host, data):
     """Keys ``fold_in(k, data)`` of the host keys ``keys_host`` (n, 2) as a backend (n, 2)."""
     return B.asarray(np.stack([B.key_data(B.fold_in(k, data)) for k in keys_host]))
-
-
-def _progress(enabled: bool, total: int, desc: str):
-    if not enabled or total <= 0:
-        return None
-    interactive = sys.stderr.isatty() or "ipykernel" in sys.modules
-    if not interactive:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:        # tqdm is optional: no bar
-        return None
-    return tqdm(total=total, desc=desc, leave=True)
 
 
 _PROBE_VALUES = (0.0, 1.0, 0.5, -0.5, 2.0, -2.0)
@@ -1455,7 +1442,8 @@ class MCMC:
         host = {"t": np.arange(padded), "valid": np.arange(padded) < total}
         for name, values in flags.items():
             host[name] = np.concatenate([values, np.zeros(padded - total, dtype=bool)])
-        bar = _progress(self.progress_bar, total, f"{phase}{label}")
+        bar = make_progress_bar(total, f"{phase}{label}", self.progress_bar, leave=True,
+                                interactive_only=True)
         outputs, done, interrupted = [], 0, False
         try:
             for i in range(num_chunks):
