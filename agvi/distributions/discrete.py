@@ -159,6 +159,13 @@ class _Binary(_Parametrised):
             return self.B.xlog1py(x, -self.probs)
         return x * self.B.log_expit(-self.logits)
 
+    def _xlog_pq(self, x, y):
+        """``x * log(p) + y * log(1 - p)``; from logits one softplus:
+        ``x * l - (x + y) * softplus(l)``, as ``log p = l - softplus(l)``."""
+        if self._given == "probs":
+            return self._xlog_p(x) + self._xlog_q(y)
+        return x * self.logits - (x + y) * self.B.softplus(self.logits)
+
     def _log_q(self):
         if self._given == "probs":
             return self.B.log1p(-self.probs)
@@ -212,7 +219,7 @@ class Bernoulli(_Binary):
 
     def log_prob(self, value):
         x = self._cast(value)
-        return self._xlog_p(x) + self._xlog_q(1.0 - x)
+        return self._xlog_pq(x, 1.0 - x)
 
     def cdf(self, value):
         """P(X <= value), shape ``broadcast(value.shape, batch_shape)``."""
@@ -302,7 +309,7 @@ class Binomial(_Binary):
         k = self._cast(value)
         n = self.total_count
         log_binom = B.gammaln(n + 1.0) - B.gammaln(k + 1.0) - B.gammaln(n - k + 1.0)
-        return log_binom + self._xlog_p(k) + self._xlog_q(n - k)
+        return log_binom + self._xlog_pq(k, n - k)
 
     @property
     def mean(self):
@@ -482,7 +489,7 @@ class NegativeBinomial(_Binary):
         one = B.ones_like(rk)
         log_norm = (B.gammaln(B.where(degenerate, one, rk)) - B.gammaln(k + 1.0)
                     - B.gammaln(B.where(degenerate, one, r * one)))
-        return log_norm + self._xlog_q(r) + self._xlog_p(k)
+        return log_norm + self._xlog_pq(k, r)
 
     @property
     def mean(self):
