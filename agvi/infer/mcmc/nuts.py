@@ -148,11 +148,40 @@ def noise_size(max_tree_depth: int) -> int:
     return 2 * max_tree_depth + 2 ** (max_tree_depth - 1)
 
 
-def _draw_one(B, key, dim, dtype, num_uniforms):
-    """One chain's draws: a standard normal (dim,) and uniforms (num_uniforms,)."""
-    key_momentum, key_uniform = B.split(key, 2)
+# Leaf uniforms drawn with every transition; the other 2**(D-1) - 32 come from a key of their
+# own and a compiled kernel draws them only when a subtree has more than 32 leaves (a tree of
+# depth 7 or more). Drawing all 512 of depth 10 every time cost more than the rest of the
+# transition's random numbers (about 5 us of threefry per transition on a CPU).
+_LEAF_HEAD = 32
+
+
+def _leaf_split(max_tree_depth: int) -> tuple[int, int]:
+    """(head, tail): leaf uniforms drawn with the transition and drawn on demand."""
+    num_leaves = 2 ** (max_tree_depth - 1)
+    head = min(num_leaves, _LEAF_HEAD)
+    return head, num_leaves - head
+
+
+def _draw_one(B, key, dim, dtype, max_tree_depth):
+    """One chain's draws from its key: a standard normal (dim,) and the ``2 * D + head``
+    uniforms drawn with every transition (the third key of the split is the tail's)."""
+    key_momentum, key_uniform = B.split(key, 3)[:2]
+    head, _ = _leaf_split(max_tree_depth)
     return (B.normal(key_momentum, (dim,), dtype=dtype),
-            B.uniform(key_uniform, (num_uniforms,), dtype=dtype))
+            B.uniform(key_uniform, (2 * max_tree_depth + head,), dtype=dtype))
+
+
+def _tail_one(B, key, dtype, max_tree_depth):
+    """One chain's ``tail`` leaf uniforms, from the third key of the split of its key."""
+    return B.uniform(B.split(key, 3)[2], (_leaf_split(max_tree_depth)[1],), dtype=dtype)
+
+
+def _per_chain_draw(B, draw, keys):
+    """``draw(key)`` for every chain's key, stacked on a leading axis (no map for one chain:
+    cheaper on eager backends)."""
+    if B.shape(keys)[0] == 1:
+        return B.tree_map(lambda a: a[None], draw(keys[0]))
+    return B.map(draw, keys)
 
 
 def draw_noise(keys, position, metric, max_tree_depth: int) -> NUTSNoise:
@@ -161,8 +190,10 @@ def draw_noise(keys, position, metric, max_tree_depth: int) -> NUTSNoise:
     Parameters
     ----------
     keys : Array, shape (C, 2)
-        One key per chain; key ``c`` is split in two, one for the momentum (a standard normal
-        (d,) draw mapped by ``metric.momentum_from_normal``), one for the uniforms.
+        One key per chain; key ``c`` is split in three: one for the momentum (a standard normal
+        (d,) draw mapped by ``metric.momentum_from_normal``), one for the directions, the
+        between-subtree uniforms and the first ``min(32, 2**(D-1))`` leaf uniforms, one for
+        the other leaf uniforms (which a compiled kernel draws only when a subtree needs them).
     position : Array, shape (C, d)
         Gives the dimension and dtype.
     metric : EuclideanMetric
@@ -173,18 +204,16 @@ def draw_noise(keys, position, metric, max_tree_depth: int) -> NUTSNoise:
     NUTSNoise
     """
     B = get_backend()
-    d = B.shape(position)[-1]
     dtype = B.dtype_of(position)
     depth = max_tree_depth
-    n = noise_size(depth)
-
-    if B.shape(keys)[0] == 1:    # no map for one chain (cheaper on eager backends)
-        z, u = _draw_one(B, keys[0], d, dtype, n)
-        z, u = z[None], u[None]
-    else:
-        z, u = B.map(lambda key: _draw_one(B, key, d, dtype, n), keys)
+    dim = B.shape(position)[-1]
+    z, u = _per_chain_draw(B, lambda key: _draw_one(B, key, dim, dtype, depth), keys)
+    u_leaf = u[:, 2 * depth:]
+    if _leaf_split(depth)[1]:
+        tail = _per_chain_draw(B, lambda key: _tail_one(B, key, dtype, depth), keys)
+        u_leaf = B.concatenate([u_leaf, tail], axis=1)
     return NUTSNoise(metric.momentum_from_normal(z), u[:, :depth] < 0.5, u[:, depth:2 * depth],
-                     u[:, 2 * depth:])
+                     u_leaf)
 
 
 class _Proposal(NamedTuple):
@@ -202,6 +231,7 @@ class _Trajectory(NamedTuple):
     log_weight: object       # log sum of exp(H0 - H) over the trajectory
     momentum_sum: object     # running sum of momenta: the trajectory's while it grows
     checkpoints: object      # U-turn checkpoints (reused by every subtree)
+    leaf_tail: object        # leaf uniforms beyond the head (drawn when first needed)
     stop_log_weight: object  # log weight of the leaf where the chain stopped
     active: object           # still growing
     turning: object
@@ -309,15 +339,39 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
         if eager:
             return _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
                                  metric, noise, max_depth, delta_energy_max)
-        if noise is None:
-            noise = draw_noise(keys, position, metric, max_depth)
+        head, tail = _leaf_split(max_depth)
+        if noise is None:   # draw_noise's numbers, the leaf tail drawn when first needed
+            z, u = _per_chain_draw(B, lambda key: _draw_one(B, key, dim, dtype, max_depth),
+                                   keys)
+            noise = NUTSNoise(metric.momentum_from_normal(z), u[:, :max_depth] < 0.5,
+                              u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:])
+            leaf_tail = B.zeros((num_chains, tail), dtype=dtype)
+            tail_pending = tail > 0
+        else:
+            leaf_tail = noise.u_leaf[:, head:]
+            tail_pending = False
+        # the subtree of the doubling that first needs the tail (2**k > head leaves)
+        tail_depth = head.bit_length()
+
+        def draw_tail(leaf_tail):
+            return _per_chain_draw(B, lambda key: _tail_one(B, key, dtype, max_depth), keys)
+
+        def keep_tail(leaf_tail):
+            return leaf_tail
+
         velocity_fn, kinetic_energy = metric.velocity, metric.kinetic_energy
         step = integrator(value_and_grad, metric)
         coefficients_right, coefficients_left = step.prepare(step_size), step.prepare(-step_size)
         momentum0 = noise.momentum
         energy0 = kinetic_energy(momentum0) - state.logdensity
         log_u_subtree = B.log(noise.u_subtree)
-        u_leaf = noise.u_leaf
+        u_head = noise.u_leaf[:, :head]
+
+        def leaf_uniform(n, leaf_tail):
+            if not tail:
+                return u_head[:, n]
+            return B.where(n < head, u_head[:, B.minimum(n, head - 1)],
+                           leaf_tail[:, B.maximum(n - head, 0)])
         going_right = noise.going_right
         slots = B.reshape(B.repeat(B.arange(max_depth), 2, axis=0), (max_depth, 2))
         offsets = B.reshape(B.tile(B.arange(2), (max_depth,)), (max_depth, 2))
@@ -330,7 +384,7 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
             depth_index=0, left=start, right=start,
             proposal=_Proposal(position, energy0, state.logdensity, state.logdensity_grad),
             log_weight=B.zeros((num_chains,), dtype=dtype), momentum_sum=momentum0,
-            checkpoints=init_checkpoints(num_chains, max_depth, dim, dtype),
+            checkpoints=init_checkpoints(num_chains, max_depth, dim, dtype), leaf_tail=leaf_tail,
             stop_log_weight=B.zeros((num_chains,), dtype=dtype), active=all_true,
             turning=false, diverging=false, depth=zeros_int, num_steps=zeros_int,
             sum_accept=B.zeros((num_chains,), dtype=dtype), num_nonfinite=zeros_int)
@@ -355,6 +409,9 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
             begin = pick(right, t.right, t.left)
             coefficients = pick(right, coefficients_right, coefficients_left)
             num_leaves = 1 << k
+            leaf_tail = t.leaf_tail
+            if tail_pending:
+                leaf_tail = B.cond(k == tail_depth, draw_tail, keep_tail, leaf_tail)
 
             def inner_cond(s):
                 return B.any(s.active) & (s.leaf_index < num_leaves)
@@ -378,7 +435,7 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
                     sum_accept = s.sum_accept + accept
                     stop_log_weight = log_weight
                 subtree_log_weight = B.logaddexp(s.log_weight, log_weight)
-                take = progressive_uniform_sampling(B.log(u_leaf[:, n]),
+                take = progressive_uniform_sampling(B.log(leaf_uniform(n, leaf_tail)),
                                                     subtree_log_weight, log_weight)
                 proposal = pick(take, _Proposal(leaf.position, energy, leaf.logdensity,
                                                 leaf.logdensity_grad), s.proposal)
@@ -426,7 +483,8 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
                 log_weight=B.where(complete, B.logaddexp(t.log_weight, sub.log_weight),
                                    t.log_weight),
                 momentum_sum=sub.momentum_sum,   # the joined trajectory's, where it goes on
-                checkpoints=sub.checkpoints, stop_log_weight=sub.stop_log_weight,
+                checkpoints=sub.checkpoints, leaf_tail=leaf_tail,
+                stop_log_weight=sub.stop_log_weight,
                 active=complete & ~across,
                 turning=t.turning | (stopped & ~diverged) | (complete & across),
                 diverging=t.diverging | diverged,
@@ -596,6 +654,19 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
                               num_nonfinite)
 
 
+def _host_noise(B, keys, dim, dtype, metric, max_depth):
+    """:func:`draw_noise`'s numbers drawn chain by chain (no ``map``), for the eager path."""
+    tail = _leaf_split(max_depth)[1]
+    z, u = [], []
+    for c in range(B.shape(keys)[0]):
+        z_c, u_c = _draw_one(B, keys[c], dim, dtype, max_depth)
+        z.append(z_c)
+        u.append(B.concatenate([u_c, _tail_one(B, keys[c], dtype, max_depth)]) if tail else u_c)
+    u = B.stack(u)
+    return (metric.momentum_from_normal(B.stack(z)), u[:, :max_depth] < 0.5,
+            u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:])
+
+
 def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size, metric, noise,
                   max_depth, delta_energy_max):
     """The NUTS transition of :func:`build_kernel` on an eager backend, C chains.
@@ -612,16 +683,10 @@ def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
     dtype = B.dtype_of(state.position)
     host = B.to_numpy
     if noise is None:   # the draws of draw_noise, chain by chain from its own key
-        draws = [_draw_one(B, keys[c], dim, dtype, noise_size(max_depth))
-                 for c in range(num_chains)]
-        momentum = metric.momentum_from_normal(B.stack([z for z, _ in draws]))
-        u = host(B.stack([u for _, u in draws]))
-        going_right = u[:, :max_depth] < 0.5
-        u_subtree, u_leaf = u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:]
-    else:
-        momentum = noise.momentum
-        going_right = host(noise.going_right)
-        u_subtree, u_leaf = host(noise.u_subtree), host(noise.u_leaf)
+        noise = NUTSNoise(*_host_noise(B, keys, dim, dtype, metric, max_depth))
+    momentum = noise.momentum
+    going_right = host(noise.going_right)
+    u_subtree, u_leaf = host(noise.u_subtree), host(noise.u_leaf)
     eps = host(step_size).tolist()
     imm = host(metric.inverse_mass_matrix)
     position, logdensity = host(state.position), host(state.logdensity).tolist()
