@@ -775,15 +775,20 @@ def _adaptation(kernel):
     return da, welford
 
 
+#: The columns of a chunk's per-transition flags (see :func:`_build_chunk`).
+_FLAGS = ("t", "valid", "adapt", "slow", "window_end")
+
+
 def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
     """One chunk of transitions: ``chunk(carry, xs, args) -> (carry, ys)``.
 
-    ``xs`` holds per-transition flags (arrays of the chunk's length): ``t`` (the index of
-    the transition in its phase: its key is ``fold_in(keys[c], t)``), ``valid`` (False on
-    the padding of the last chunk: nothing happens), ``adapt`` (warmup: update the step
-    size and the mass-matrix estimate), ``slow`` (the draw enters the estimate) and
-    ``window_end`` (update the mass matrix, re-initialise the step size). Warmup and
-    sampling share this one program, so a NUTS kernel is compiled once per run.
+    ``xs`` (integer, shape (length, 5)) holds per-transition flags, in the columns of
+    :data:`_FLAGS`: ``t`` (the index of the transition in its phase: its key is
+    ``fold_in(keys[c], t)``), ``valid`` (0 on the padding of the last chunk: nothing happens),
+    ``adapt`` (warmup: update the step size and the mass-matrix estimate), ``slow`` (the draw
+    enters the estimate) and ``window_end`` (update the mass matrix, re-initialise the step
+    size); one array, so that a chunk costs one host-to-device transfer. Warmup and sampling
+    share this one program, so a NUTS kernel is compiled once per run.
     """
     (da_init, da_update, _), (w_init, w_update, w_final) = _adaptation(kernel)
     groups = num_chains if kernel.adapt_per_chain else 1
@@ -794,6 +799,11 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
     pooled = not kernel.adapt_per_chain
     separate_warmup_kernel = (getattr(kernel, "max_tree_depth_warmup", None) is not None
                               and kernel.max_tree_depth_warmup != kernel.max_tree_depth)
+
+    def fold_keys(keys, t):
+        if B.compiles_control_flow:   # one batched hash (map is a loop under jit)
+            return B.vmap(lambda k: B.fold_in(k, t))(keys)
+        return B.map(lambda k: B.asarray(B.fold_in(k, t)), keys)
 
     def chunk(carry, xs, args):
         logdensity = _flat_logdensity(logdensity_fn, B, structure, args)
@@ -843,7 +853,7 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
             return operands[3:]
 
         def step(carry, x):
-            keys = B.map(lambda k: B.asarray(B.fold_in(k, x["t"])), carry.keys)
+            keys = fold_keys(carry.keys, x["t"])
             arguments = (keys, carry.state, carry.step_size, carry.inverse_mass_matrix)
             if separate_warmup_kernel:
                 state, info = B.cond(x["adapt"], lambda a: warmup_transition(*a),
@@ -880,7 +890,8 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
                 y["momentum"] = B.zeros_like(carry.state.position)
             return carry, record(carry.state, carry.step_size, y)
 
-        def body(carry, x):
+        def body(carry, row):
+            x = {name: row[i] if name == "t" else row[i] != 0 for i, name in enumerate(_FLAGS)}
             return B.cond(x["valid"], step, skip, carry, x)
 
         return B.scan(body, carry, xs)
@@ -1439,15 +1450,16 @@ class MCMC:
         length = self._chunk(B)
         num_chunks = -(-total // length)
         padded = num_chunks * length
-        host = {"t": np.arange(padded), "valid": np.arange(padded) < total}
+        columns = {"t": np.arange(padded), "valid": np.arange(padded) < total}
         for name, values in flags.items():
-            host[name] = np.concatenate([values, np.zeros(padded - total, dtype=bool)])
+            columns[name] = np.concatenate([values, np.zeros(padded - total, dtype=bool)])
+        host = np.stack([columns[name] for name in _FLAGS], axis=1).astype(np.int64)
         bar = make_progress_bar(total, f"{phase}{label}", self.progress_bar, leave=True,
                                 interactive_only=True)
-        outputs, done, interrupted = [], 0, False
+        chunks, done, interrupted = [], 0, False
         try:
             for i in range(num_chunks):
-                xs = {name: B.asarray(v[i * length:(i + 1) * length]) for name, v in host.items()}
+                xs = B.asarray(host[i * length:(i + 1) * length], dtype=B.int_dtype)
                 try:
                     new_carry, ys = fn(carry, xs, args)
                     # a host sync inside the try: on JAX (asynchronous) Ctrl-C lands here
@@ -1460,10 +1472,7 @@ class MCMC:
                 carry = new_carry
                 count = min(length, total - done)
                 if keep_every is not None:
-                    # transitions t with (t + 1) % keep_every == 0 are kept
-                    first = (-(i * length + 1)) % keep_every
-                    outputs.append({name: value[first:count:keep_every]
-                                    for name, value in ys.items()})
+                    chunks.append(ys)
                 done += count
                 if bar is not None:
                     bar.set_postfix(divergences=divergent, refresh=False)
@@ -1471,6 +1480,14 @@ class MCMC:
         finally:
             if bar is not None:
                 bar.close()
+        outputs = []
+        if chunks:
+            # transitions t < done with (t + 1) % keep_every == 0 are kept: one concatenation
+            # and one slice per field for the whole phase
+            keep = slice(keep_every - 1, done, keep_every)
+            outputs.append({name: (B.concatenate([c[name] for c in chunks], axis=0)
+                                   if len(chunks) > 1 else chunks[0][name])[keep]
+                            for name in chunks[0]})
         return carry, outputs, done, interrupted
 
     @staticmethod
