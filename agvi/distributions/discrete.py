@@ -219,6 +219,8 @@ class Bernoulli(_Binary):
 
     def log_prob(self, value):
         x = self._cast(value)
+        if self._given == "logits":   # x * l - softplus(l): the fewest operations
+            return x * self.logits - self.B.softplus(self.logits)
         return self._xlog_pq(x, 1.0 - x)
 
     def cdf(self, value):
