@@ -47,8 +47,12 @@ def broadcast_params(B, *params):
         If the shapes do not broadcast.
     """
     arrays = [B.asarray(p) for p in params]
-    shape = B.broadcast_shapes(*[B.shape(a) for a in arrays])
-    return [a if B.shape(a) == shape else B.broadcast_to(a, shape) for a in arrays], shape
+    shapes = [tuple(B.shape(a)) for a in arrays]
+    if all(s == shapes[0] for s in shapes):   # the common case: no broadcasting to do
+        return arrays, shapes[0]
+    shape = B.broadcast_shapes(*shapes)
+    return [a if s == shape else B.broadcast_to(a, shape)
+            for a, s in zip(arrays, shapes, strict=True)], shape
 
 
 class Distribution:

@@ -656,12 +656,16 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
 
 def _host_noise(B, keys, dim, dtype, metric, max_depth):
     """:func:`draw_noise`'s numbers drawn chain by chain (no ``map``), for the eager path."""
-    tail = _leaf_split(max_depth)[1]
+    head, tail = _leaf_split(max_depth)
     z, u = [], []
     for c in range(B.shape(keys)[0]):
-        z_c, u_c = _draw_one(B, keys[c], dim, dtype, max_depth)
-        z.append(z_c)
-        u.append(B.concatenate([u_c, _tail_one(B, keys[c], dtype, max_depth)]) if tail else u_c)
+        # _draw_one's and _tail_one's draws, from one split of the key (a split costs as much
+        # as a draw on the host)
+        key_momentum, key_uniform, key_tail = B.split(keys[c], 3)
+        z.append(B.normal(key_momentum, (dim,), dtype=dtype))
+        u_c = B.uniform(key_uniform, (2 * max_depth + head,), dtype=dtype)
+        u.append(B.concatenate([u_c, B.uniform(key_tail, (tail,), dtype=dtype)]) if tail
+                 else u_c)
     u = B.stack(u)
     return (metric.momentum_from_normal(B.stack(z)), u[:, :max_depth] < 0.5,
             u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:])
