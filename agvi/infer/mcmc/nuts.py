@@ -655,20 +655,21 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
 
 
 def _host_noise(B, keys, dim, dtype, metric, max_depth):
-    """:func:`draw_noise`'s numbers drawn chain by chain (no ``map``), for the eager path."""
+    """:func:`draw_noise`'s numbers drawn chain by chain (no ``map``), for the eager path:
+    ``(momentum (C, d) Array, uniforms (C, 2D + 2**(D-1)) host array)``."""
     head, tail = _leaf_split(max_depth)
+    host = B.to_numpy
     z, u = [], []
     for c in range(B.shape(keys)[0]):
         # _draw_one's and _tail_one's draws, from one split of the key (a split costs as much
         # as a draw on the host)
         key_momentum, key_uniform, key_tail = B.split(keys[c], 3)
         z.append(B.normal(key_momentum, (dim,), dtype=dtype))
-        u_c = B.uniform(key_uniform, (2 * max_depth + head,), dtype=dtype)
-        u.append(B.concatenate([u_c, B.uniform(key_tail, (tail,), dtype=dtype)]) if tail
-                 else u_c)
-    u = B.stack(u)
-    return (metric.momentum_from_normal(B.stack(z)), u[:, :max_depth] < 0.5,
-            u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:])
+        u.append(host(B.uniform(key_uniform, (2 * max_depth + head,), dtype=dtype)))
+        if tail:
+            u.append(host(B.uniform(key_tail, (tail,), dtype=dtype)))
+    u = np.concatenate(u).reshape(len(z), -1)
+    return metric.momentum_from_normal(B.stack(z)), u
 
 
 def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size, metric, noise,
@@ -687,10 +688,13 @@ def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
     dtype = B.dtype_of(state.position)
     host = B.to_numpy
     if noise is None:   # the draws of draw_noise, chain by chain from its own key
-        noise = NUTSNoise(*_host_noise(B, keys, dim, dtype, metric, max_depth))
-    momentum = noise.momentum
-    going_right = host(noise.going_right)
-    u_subtree, u_leaf = host(noise.u_subtree), host(noise.u_leaf)
+        momentum, u = _host_noise(B, keys, dim, dtype, metric, max_depth)
+        going_right = u[:, :max_depth] < 0.5
+        u_subtree, u_leaf = u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:]
+    else:
+        momentum = noise.momentum
+        going_right = host(noise.going_right)
+        u_subtree, u_leaf = host(noise.u_subtree), host(noise.u_leaf)
     eps = host(step_size).tolist()
     imm = host(metric.inverse_mass_matrix)
     position, logdensity = host(state.position), host(state.logdensity).tolist()
@@ -724,14 +728,14 @@ def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
                 del requests[c]
     x, ld, g, energy, info = zip(*results)
     diverging, turning, depth, num_steps, accept, nonfinite = zip(*info)
-    bool_dtype = B.dtype("bool")
-    new_state = HMCState(B.asarray(np.stack(x), dtype=dtype), B.asarray(ld, dtype=dtype),
-                         B.asarray(np.stack(g), dtype=dtype))
+    # four conversions in all (each costs a few microseconds on an eager framework)
+    vectors = B.asarray(np.stack([np.stack(x), np.stack(g)]), dtype=dtype)        # (2, C, d)
+    floats = B.asarray(np.array([ld, energy, accept]), dtype=dtype)               # (3, C)
+    ints = B.asarray(np.array([depth, num_steps, nonfinite]), dtype=B.int_dtype)  # (3, C)
+    flags = B.asarray(np.array([diverging, turning]), dtype=B.dtype("bool"))      # (2, C)
+    new_state = HMCState(vectors[0], floats[0], vectors[1])
     info = NUTSInfo(
-        momentum=momentum, is_divergent=B.asarray(diverging, dtype=bool_dtype),
-        is_turning=B.asarray(turning, dtype=bool_dtype), energy=B.asarray(energy, dtype=dtype),
-        num_trajectory_expansions=B.asarray(depth, dtype=B.int_dtype),
-        num_integration_steps=B.asarray(num_steps, dtype=B.int_dtype),
-        acceptance_rate=B.asarray(accept, dtype=dtype),
-        num_nonfinite=B.asarray(nonfinite, dtype=B.int_dtype))
+        momentum=momentum, is_divergent=flags[0], is_turning=flags[1], energy=floats[1],
+        num_trajectory_expansions=ints[0], num_integration_steps=ints[1],
+        acceptance_rate=floats[2], num_nonfinite=ints[2])
     return new_state, info

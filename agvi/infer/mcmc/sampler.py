@@ -803,7 +803,9 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
     def fold_keys(keys, t):
         if B.compiles_control_flow:   # one batched hash (map is a loop under jit)
             return B.vmap(lambda k: B.fold_in(k, t))(keys)
-        return B.map(lambda k: B.asarray(B.fold_in(k, t)), keys)
+        # eager: host keys, hashed on the host (no framework arrays in between)
+        t = int(t)
+        return np.stack([B.key_data(B.fold_in(k, t)) for k in B.key_data(keys)])
 
     def chunk(carry, xs, args):
         logdensity = _flat_logdensity(logdensity_fn, B, structure, args)
@@ -1459,7 +1461,9 @@ class MCMC:
         chunks, done, interrupted = [], 0, False
         try:
             for i in range(num_chunks):
-                xs = B.asarray(host[i * length:(i + 1) * length], dtype=B.int_dtype)
+                xs = host[i * length:(i + 1) * length]
+                if B.compiles_control_flow:   # eager backends read the flags on the host
+                    xs = B.asarray(xs, dtype=B.int_dtype)
                 try:
                     new_carry, ys = fn(carry, xs, args)
                     # a host sync inside the try: on JAX (asynchronous) Ctrl-C lands here
