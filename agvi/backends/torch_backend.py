@@ -23,10 +23,22 @@ backend's own, so CPU draws equal the NumPy backend's) and are copied into a ten
 generator is an MT19937 that keeps only the low 32 bits of its seed, so keys differing in their
 first word would repeat the same numbers. Nothing is cached or seeded globally.
 
+Vectorised keys. On the CPU, :meth:`TorchBackend.vmap` over a stack of host keys (as the ELBOs
+vectorise particles, ``vmap(fn)(split(key, n))``) runs ``fn`` once: the keys enter as an int64
+tensor batched by ``torch.func.vmap`` and each random primitive that receives a batched key (or
+batched parameters) draws example by example on the host from that example's key, with the
+numbers of the unbatched call; the draws are stacked into a batched tensor. The general case goes
+through custom operators (``agvi::host_normal``, ...; registered on first use with
+``torch.library.custom_op`` and ``register_vmap``), so it composes with nested ``vmap``,
+``grad`` and ``jvp``; a key batched by the innermost ``vmap`` takes a direct path that skips the
+operator dispatch. A function that needs a per-example host value (``to_numpy``, Python control
+flow on a batched value) makes the call fall back to a loop, with the same numbers.
+
 Gamma draws are reparameterised (Figurnov et al. 2018): the derivative of a draw with respect to
 its concentration is ``torch._standard_gamma_grad`` in float32 (relative error up to ~1e-4) and,
 in float64, the accurate host routine :func:`agvi.backends._gamma_grad.standard_gamma_grad`
-(~1e-14); inside ``vmap`` of a gradient the host is out of reach and torch's routine is used.
+(~1e-14), which inside ``vmap`` runs on the whole batch at once through the custom operator
+``agvi::standard_gamma_grad``.
 
 Autodiff is ``torch.func`` (``grad_and_value``, ``vjp``, ``jvp``, ``vmap``): functional,
 composable, with native forward mode. Arguments that are not tensors (dicts, NamedTuples, optree
@@ -48,9 +60,9 @@ the contract's conventions at x == 0.
 
 Limits (all raise, none is silent): :meth:`TorchBackend.to_numpy` and so ``pure_callback`` cannot
 see one example's value inside ``vmap``; a ``while_loop`` whose predicate is batched inside
-``vmap`` is not supported (``cond`` and ``switch`` select, as ``jax.vmap`` does); random draws
-inside ``vmap`` must use an unbatched key and unbatched parameters (a batched *key* argument makes
-:meth:`TorchBackend.vmap` fall back to a Python loop, as on the NumPy backend); ``gammainc`` is
+``vmap`` is not supported (``cond`` and ``switch`` select, as ``jax.vmap`` does); inside
+``vmap`` on a CUDA or MPS device, random draws must use an unbatched key and unbatched
+parameters (a mapped stack of keys makes :meth:`TorchBackend.vmap` loop there); ``gammainc`` is
 not differentiable in ``a``. ``jit`` is the identity (``has_jit`` is False).
 
 References
@@ -63,6 +75,7 @@ Figurnov, Mohamed and Mnih (2018), "Implicit reparameterization gradients", eq. 
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, NamedTuple
 
 import array_api_compat.torch as _xp_torch
@@ -88,6 +101,9 @@ _NP_OF = {torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.
           torch.uint8: np.uint8}
 _PY_SCALARS = (bool, int, float)
 _SQRT1_2 = math.sqrt(0.5)
+# the random primitives (as agvi.testing.shared_noise.RANDOM_PRIMITIVES)
+_RANDOM_PRIMITIVES = ("key", "split", "fold_in", "normal", "uniform", "gamma", "poisson",
+                      "binomial", "randint", "permutation")
 def _np_dtype(dtype):
     """The NumPy dtype of a floating torch dtype."""
     return np.float64 if dtype == torch.float64 else np.float32
@@ -106,18 +122,24 @@ def _is_wrapped(x) -> bool:
     return _fc.is_functorch_wrapped_tensor(x)
 
 
+class _BatchedHostError(RuntimeError):
+    """A host (NumPy) value was asked of a tensor batched by ``torch.func.vmap``;
+    :meth:`TorchBackend.vmap` over host keys catches it and loops over the examples instead."""
+
+
 def _host_value(x: torch.Tensor) -> np.ndarray:
     """A NumPy copy of the value of ``x``, seen through ``torch.func`` grad/jvp wrappers.
 
     Raises
     ------
     RuntimeError
-        If ``x`` is batched by ``torch.func.vmap`` (one example's value is not defined there).
+        (:class:`_BatchedHostError`) If ``x`` is batched by ``torch.func.vmap`` (one example's
+        value is not defined there).
     """
     with torch._C._DisableFuncTorch():
         while _is_wrapped(x):
             if _fc.is_batchedtensor(x):
-                raise RuntimeError(
+                raise _BatchedHostError(
                     "a torch array inside B.vmap has no per-example value on the host: "
                     "to_numpy / pure_callback / host random draws cannot run on a batched "
                     "(vmapped) tensor; move the host computation outside vmap or use a loop")
@@ -126,6 +148,18 @@ def _host_value(x: torch.Tensor) -> np.ndarray:
         if t.device.type != "cpu":
             return t.cpu().numpy()
         return np.array(t.numpy(), copy=True)
+
+
+def _batched(x) -> bool:
+    """Whether ``x`` is a tensor batched by ``torch.func.vmap`` (at any level)."""
+    if not isinstance(x, _Tensor) or not _is_wrapped(x):
+        return False
+    with torch._C._DisableFuncTorch():
+        while _is_wrapped(x):
+            if _fc.is_batchedtensor(x):
+                return True
+            x = _fc.get_unwrapped(x)
+    return False
 
 
 def _batched_error(exc: RuntimeError) -> bool:
@@ -142,8 +176,8 @@ def _gamma_dz_dalpha(alpha, z):
             from ._gamma_grad import standard_gamma_grad
             g = standard_gamma_grad(_host_value(a), _host_value(z))
             return torch.from_numpy(np.ascontiguousarray(g, dtype=np.float64)).to(z.device)
-        except RuntimeError:  # batched inside vmap: the host routine cannot see the values
-            pass
+        except _BatchedHostError:  # batched inside vmap: the operator's vmap rule unbatches
+            return _operator("standard_gamma_grad")(a.detach(), z.detach())
     return torch._standard_gamma_grad(a.to(z.dtype), z)
 
 
@@ -336,6 +370,247 @@ def _make_custom_function(bwd):
                     *(None,) * n_rest)
 
     return _CustomVJP
+
+
+# --------------------------------------------------------------------------- batched host keys
+# Inside TorchBackend.vmap a stack of host keys is an int64 tensor batched by torch.func.vmap.
+# On the CPU a random primitive given a batched key (or batched parameters) draws example by
+# example on the host (host_random, exactly as the unbatched call) and returns the stacked draws
+# with a batch dimension, so the vectorised result equals the loop draw for draw: directly when
+# the key is batched by the innermost vmap (TorchBackend._batched_host), else through the custom
+# operators below, whose vmap rules torch applies level by level. Operator arguments: (key,
+# arrays and static arguments..., out_dtype); the host function gets the key as uint32 NumPy
+# and arrays as NumPy; torch converts its result to out_dtype, as the unbatched primitive does.
+def _split_host(k, num):
+    return host_random.split(k, num).astype(np.int64)
+
+
+def _fold_in_host(k, data):
+    return host_random.fold_in(k, data).astype(np.int64)
+
+
+def _uniform_host(k, shape, minval, maxval, np_dtype):
+    return host_random.uniform(k, shape, np.dtype(np_dtype), minval, maxval)
+
+
+# NumPy's SeedSequence hash (numpy/random/bit_generator.pyx: mix_entropy, generate_state) for
+# a whole stack of keys at once: split and fold_in are SeedSequence([k0, k1], spawn_key=...) of
+# each key, and hashing 16 keys in one pass costs a third of 16 SeedSequence calls. The hash
+# constants do not depend on the data, so each hashmix step is one vectorised xor-multiply-
+# shift. Checked against host_random on first use (_seedsequence_ok); the loop otherwise.
+_SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_SS_MIX_L, _SS_MIX_R, _MASK32 = 0xCA01F9DD, 0x4973F715, 0xFFFFFFFF
+_U16 = np.uint32(16)
+_SS_OTHERS = [[d for d in range(4) if d != s] for s in range(4)]
+_SS_PLANS: dict = {}
+_SS_STATE: dict = {}
+
+
+def _ss_consts(start, mult, n):
+    """The (xor, multiply) constants of ``n`` successive hashmix steps, uint32 arrays (n,)."""
+    xs, ms, h = [], [], start
+    for _ in range(n):
+        xs.append(h)
+        h = (h * mult) & _MASK32
+        ms.append(h)
+    return np.array(xs, dtype=np.uint32), np.array(ms, dtype=np.uint32)
+
+
+def _ss_plan(spawn_words: tuple):
+    """Constants of mix_entropy for a two-word entropy padded to the pool (4 words) and the
+    spawn key's words (fixed: their hashes are folded into per-word constants)."""
+    plan = _SS_PLANS.get(spawn_words)
+    if plan is None:
+        xa, ma = _ss_consts(_SS_INIT_A, _SS_MULT_A, 16 + 4 * len(spawn_words))
+        spawn = []
+        for j, w in enumerate(spawn_words):
+            c = []
+            for dst in range(4):
+                v = ((w ^ int(xa[16 + 4 * j + dst])) * int(ma[16 + 4 * j + dst])) & _MASK32
+                c.append(((v ^ (v >> 16)) * _SS_MIX_R) & _MASK32)  # MIX_R * hashmix(w)
+            spawn.append(np.array(c, dtype=np.uint32))
+        plan = _SS_PLANS[spawn_words] = (xa[:4], ma[:4], xa[4:16].reshape(4, 3),
+                                         ma[4:16].reshape(4, 3), spawn)
+    return plan
+
+
+def _seedsequence_states(keys: np.ndarray, spawn_words: tuple, n_words: int) -> np.ndarray:
+    """``SeedSequence([k0, k1], spawn_key).generate_state(n_words)`` of each key, (n, n_words)
+    uint32 (``spawn_words``: the spawn key as uint32 words)."""
+    x0, m0, xm, mm, spawn = _ss_plan(spawn_words)
+    mix_l, mix_r = np.uint32(_SS_MIX_L), np.uint32(_SS_MIX_R)
+    mixer = np.zeros((keys.shape[0], 4), dtype=np.uint32)  # uint32 arithmetic wraps mod 2**32
+    mixer[:, :2] = keys
+    mixer ^= x0
+    mixer *= m0
+    mixer ^= mixer >> _U16
+    for src in range(4):  # mixer[dst] = mix(mixer[dst], hashmix(mixer[src])) for dst != src
+        h = mixer[:, src, None] ^ xm[src]
+        h *= mm[src]
+        h ^= h >> _U16
+        dst = _SS_OTHERS[src]
+        r = mixer[:, dst] * mix_l
+        r -= h * mix_r
+        r ^= r >> _U16
+        mixer[:, dst] = r
+    for c in spawn:
+        mixer *= mix_l
+        mixer -= c
+        mixer ^= mixer >> _U16
+    xb, mb = _ss_consts(_SS_INIT_B, _SS_MULT_B, n_words)
+    out = mixer[:, np.arange(n_words) % 4] ^ xb
+    out *= mb
+    out ^= out >> _U16
+    return out
+
+
+def _uint32_words(n: int) -> tuple:
+    """The uint32 words of a non-negative int, as SeedSequence coerces it.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is negative (as SeedSequence does).
+    """
+    if n < 0:
+        raise ValueError(f"fold_in: data must be a non-negative int, got {n}")
+    words = [] if n else [0]
+    while n > 0:
+        words.append(n & _MASK32)
+        n >>= 32
+    return tuple(words)
+
+
+def _split_many(keys, num):
+    states = _seedsequence_states(keys, (0x5EED,), 2 * num)  # host_random.split's spawn key
+    return states.reshape(keys.shape[0], num, 2).astype(np.int64)
+
+
+def _fold_in_many(keys, data):
+    # host_random.fold_in's spawn key (0xF01D, data)
+    return _seedsequence_states(keys, (0xF01D,) + _uint32_words(int(data)), 2).astype(np.int64)
+
+
+def _seedsequence_ok() -> bool:
+    """Whether the batched hash reproduces host_random.split and fold_in (checked once)."""
+    ok = _SS_STATE.get("ok")
+    if ok is None:
+        keys = np.array([[0, 0], [0xFFFFFFFF, 1], [12345, 0x9E3779B9]], dtype=np.uint32)
+        ok = _SS_STATE["ok"] = bool(
+            np.array_equal(_split_many(keys, 3), [host_random.split(k, 3) for k in keys])
+            and np.array_equal(_fold_in_many(keys, 2**33 + 7),
+                               [host_random.fold_in(k, 2**33 + 7) for k in keys]))
+    return ok
+
+
+_MANY = {"split": _split_many, "fold_in": _fold_in_many}
+
+
+def _host_stack(name, keys, args) -> np.ndarray:
+    """The host draws of primitive ``name`` for each key of ``keys`` (n, 2) uint32 with the
+    same other arguments, stacked along a new leading axis."""
+    many = _MANY.get(name)
+    if many is not None and _seedsequence_ok():
+        return many(keys, *args)
+    host = _HOST_OPERATORS[name][1]
+    return np.stack([np.asarray(host(k, *args)) for k in keys])
+
+
+_S = "int[] shape"
+_HOST_OPERATORS = {  # primitive -> (operator schema, host function)
+    "split": ("int num", _split_host),
+    "fold_in": ("int data", _fold_in_host),
+    "normal": (_S, host_random.normal),
+    "uniform": (f"{_S}, float minval, float maxval, str np_dtype", _uniform_host),
+    "gamma": (f"Tensor alpha, {_S}", host_random.standard_gamma),
+    "poisson": (f"Tensor rate, {_S}", host_random.poisson),
+    "binomial": (f"Tensor total_count, Tensor probs, {_S}", host_random.binomial),
+    "randint": (f"{_S}, int minval, int maxval", host_random.randint),
+    "permutation": ("int n", host_random.permutation),
+}
+_OPERATORS: dict = {}
+_OPERATORS_LOCK = threading.Lock()
+
+
+def _pick(values, mapped, i):
+    """Example ``i`` of the mapped values (leading batch axis); the others as they are."""
+    return [v[i] if m else v for v, m in zip(values, mapped, strict=True)]
+
+
+def _host_operator(name, host):
+    """The custom operator ``agvi::host_<name>`` running ``host`` (see above), with its
+    vmap rule."""
+    def impl(key, *args):
+        *args, dtype = args
+        vals = [a.detach().numpy() if isinstance(a, _Tensor) else a for a in args]
+        out = np.asarray(host(host_random.as_key(key.detach().numpy()), *vals))
+        return torch.from_numpy(out).to(dtype)
+
+    schema = f"(Tensor key, {_HOST_OPERATORS[name][0]}, ScalarType dtype) -> Tensor"
+    op = torch.library.custom_op(f"agvi::host_{name}", impl, mutates_args=(), schema=schema)
+
+    def rule(info, in_dims, *args):
+        *args, dtype = args
+        mapped = [isinstance(a, _Tensor) and d is not None
+                  for a, d in zip(args, in_dims, strict=False)]
+        args = [a.movedim(d, 0) if m else a for a, d, m in zip(args, in_dims, mapped, strict=False)]
+        try:
+            vals = [_host_value(a) if isinstance(a, _Tensor) else a for a in args]
+        except _BatchedHostError:  # batched by an enclosing vmap too: one call per example
+            return torch.stack([op(*_pick(args, mapped, i), dtype)
+                                for i in range(info.batch_size)]), 0
+        vals[0] = host_random.as_key(vals[0])  # validates every key at once
+        if mapped[0] and not any(mapped[1:]):
+            out = _host_stack(name, vals[0], vals[1:])
+        else:
+            out = np.stack([np.asarray(host(*_pick(vals, mapped, i)))
+                            for i in range(info.batch_size)])
+        return torch.from_numpy(out).to(dtype), 0
+
+    op.register_vmap(rule)
+    return op
+
+
+def _standard_gamma_grad_operator():
+    """``agvi::standard_gamma_grad(alpha, z)``: the host routine (float64) as an elementwise
+    operator whose vmap rule applies it to the whole batch at once."""
+    from ._gamma_grad import standard_gamma_grad
+
+    def impl(alpha, z):
+        g = standard_gamma_grad(_host_value(alpha), _host_value(z))
+        return torch.from_numpy(np.ascontiguousarray(g, dtype=np.float64)).to(z.device)
+
+    op = torch.library.custom_op("agvi::standard_gamma_grad", impl, mutates_args=(),
+                                 schema="(Tensor alpha, Tensor z) -> Tensor")
+
+    def rule(info, in_dims, alpha, z):
+        n = info.batch_size
+        # the same logical shape per example: one (n, ...) array each
+        alpha, z = (x.unsqueeze(0).expand(n, *x.shape) if d is None else x.movedim(d, 0)
+                    for x, d in zip((alpha, z), in_dims, strict=True))
+        try:
+            g = standard_gamma_grad(_host_value(alpha), _host_value(z))
+        except _BatchedHostError:  # batched by an enclosing vmap too
+            return op(alpha, z), 0
+        return torch.from_numpy(np.ascontiguousarray(g, dtype=np.float64)).to(z.device), 0
+
+    op.register_vmap(rule)
+    return op
+
+
+def _operator(name):
+    """The custom operator of the primitive ``name`` (registered on first use; the first call
+    of any custom operator imports ``torch._dynamo``, about a second, as ``torch.func.grad``
+    through an ``autograd.Function`` does)."""
+    op = _OPERATORS.get(name)
+    if op is None:
+        with _OPERATORS_LOCK:  # torch refuses to register an operator twice
+            op = _OPERATORS.get(name)
+            if op is None:
+                op = _OPERATORS[name] = (
+                    _standard_gamma_grad_operator() if name == "standard_gamma_grad"
+                    else _host_operator(name, _HOST_OPERATORS[name][1]))
+    return op
 
 
 # --------------------------------------------------------------------------- the backend
@@ -534,6 +809,14 @@ class TorchBackend(Backend):
                     return x.to(device=self._device, dtype=dtype)
                 return x
             return x if x.device == self._device else x.to(self._device)
+        kind = type(x)
+        if kind is float and (dtype is None or dtype is self._float):
+            # Python floats (distribution parameters): 2x cheaper than the NumPy route below
+            return torch.scalar_tensor(x, dtype=self._float, device=self._device)
+        if (kind is np.ndarray and self._cpu and x.dtype == _NP_OF[self._float]
+                and (dtype is None or dtype is self._float)):
+            # host float vectors on the hot paths of the eager samplers: copy, no checks needed
+            return torch.from_numpy(x.copy())
         self._check_foreign(x)
         if isinstance(x, (list, tuple)) and x and any(
                 isinstance(leaf, _Tensor) for leaf in optree.tree_leaves(list(x))):
@@ -568,6 +851,8 @@ class TorchBackend(Backend):
             Inside ``vmap`` on a batched tensor (no single value exists there).
         """
         if isinstance(x, _Tensor):
+            if x.device.type == "cpu" and not x.requires_grad and not _is_wrapped(x):
+                return x.numpy().copy()   # the common case, without _host_value's unwrapping
             return _host_value(x)
         return np.array(x, copy=True)
 
@@ -968,8 +1253,10 @@ class TorchBackend(Backend):
         return torch.special.logit(p)
 
     def softplus(self, x):
-        # exact everywhere (torch.nn.functional.softplus returns x itself above a threshold)
-        return torch.logaddexp(x, torch.zeros_like(x))
+        # torch's kernel returns x itself above `threshold`; at 40 the omitted log1p(exp(-x))
+        # is below half an ulp of x in float64, so the result is exact (and logaddexp(x, 0)
+        # costs a quarter more, forward and backward)
+        return torch.nn.functional.softplus(x, threshold=40.0)
 
     def _pair(self, x, y):
         """Both operands as tensors (a Python scalar takes the other operand's dtype)."""
@@ -1042,6 +1329,36 @@ class TorchBackend(Backend):
     def _host_key(key):
         return host_random.as_key(_host_value(key) if isinstance(key, _Tensor) else key)
 
+    def _batched_draw(self, key, *params) -> bool:
+        """Whether a CPU draw has its key or an array parameter batched by ``vmap`` (see
+        :meth:`vmap`); it is then drawn by :meth:`_batched_host`."""
+        return self._cpu and (_batched(key) or any(_batched(p) for p in params))
+
+    @staticmethod
+    def _batched_host(name, key, params, static, dtype):
+        """The primitive ``name`` drawn per example on the host (see the batched host keys
+        section): ``host(key, *params, *static)`` converted to ``dtype``.
+
+        Fast path, the usual case (particles): the key is batched by the innermost ``vmap``
+        over a plain tensor and no parameter is batched; the draws are stacked and given that
+        vmap's batch dimension directly (what ``torch.func.vmap`` does to its inputs), which
+        saves the custom operator's dispatch (about 0.1 ms a call). Anything else goes
+        through the operator, whose vmap rule torch applies level by level.
+        """
+        if (isinstance(key, _Tensor) and _fc.is_batchedtensor(key)
+                and _fc.maybe_get_level(key) == _fc.current_level()
+                and not _is_wrapped(_fc.get_unwrapped(key))
+                and not any(_batched(p) for p in params)):
+            level, bdim = _fc.maybe_get_level(key), _fc.maybe_get_bdim(key)
+            vals = [_host_value(p) for p in params]
+            with torch._C._DisableFuncTorch():
+                keys = host_random.as_key(_fc.get_unwrapped(key).movedim(bdim, 0).numpy())
+                out = torch.from_numpy(_host_stack(name, keys, (*vals, *static))).to(dtype)
+            return _fc._add_batch_dim(out, 0, level)
+        if not isinstance(key, _Tensor):
+            key = torch.from_numpy(host_random.as_key(key).astype(np.int64))
+        return _operator(name)(key, *(p.detach() for p in params), *static, dtype)
+
     def key(self, seed):
         """A host key (NumPy uint32, shape (2,)); identical to the NumPy backend's.
 
@@ -1053,9 +1370,20 @@ class TorchBackend(Backend):
         return host_random.key(seed)
 
     def split(self, key, num=2):
-        return host_random.split(self._host_key(key), int(num))
+        """``num`` keys from ``key``: NumPy uint32 of shape (num, 2) (an int64 tensor when
+        ``key`` is batched inside :meth:`vmap`)."""
+        num = int(num)
+        if self._batched_draw(key):
+            if num < 1:
+                raise ValueError(f"num must be a positive int, got {num}")
+            return self._batched_host("split", key, (), (num,), torch.int64)
+        return host_random.split(self._host_key(key), num)
 
     def fold_in(self, key, data):
+        """A key from ``key`` and the integer ``data``: NumPy uint32 of shape (2,) (an int64
+        tensor when ``key`` is batched inside :meth:`vmap`)."""
+        if self._batched_draw(key):
+            return self._batched_host("fold_in", key, (), (int(data),), torch.int64)
         return host_random.fold_in(self._host_key(key), int(data))
 
     def _generator(self, key):
@@ -1077,6 +1405,8 @@ class TorchBackend(Backend):
         """Standard normal draws, shape ``shape`` (``dtype`` default :attr:`float_dtype`; a
         non-floating ``dtype`` is read as :attr:`float_dtype`)."""
         dtype, shape = self._draw_dtype(dtype), _shape(shape)
+        if self._batched_draw(key):
+            return self._batched_host("normal", key, (), (list(shape),), dtype)
         if self._cpu:
             return self._host_draws(host_random.normal(self._host_key(key), shape), dtype)
         return torch.randn(shape, generator=self._generator(key), dtype=dtype,
@@ -1086,7 +1416,13 @@ class TorchBackend(Backend):
         """Uniform draws on [minval, maxval), shape ``shape`` (differentiable in array bounds)."""
         dtype, shape = self._draw_dtype(dtype), _shape(shape)
         scalar = isinstance(minval, (int, float)) and isinstance(maxval, (int, float))
-        if self._cpu:
+        if self._batched_draw(key):
+            lo, hi = (float(minval), float(maxval)) if scalar else (0.0, 1.0)
+            u = self._batched_host("uniform", key, (),
+                                   (list(shape), lo, hi, _np_dtype(dtype).__name__), dtype)
+            if scalar:
+                return u
+        elif self._cpu:
             if scalar:  # the NumPy backend's numbers
                 return self._host_draws(host_random.uniform(
                     self._host_key(key), shape, _np_dtype(dtype), minval, maxval), dtype)
@@ -1110,7 +1446,9 @@ class TorchBackend(Backend):
         docstring for the accuracy of the derivative)."""
         alpha = self._float_param(alpha)
         shape = tuple(alpha.shape) if shape is None else _shape(shape)
-        if self._cpu:
+        if self._batched_draw(key, alpha):
+            z = self._batched_host("gamma", key, (alpha,), (list(shape),), alpha.dtype)
+        elif self._cpu:
             z = self._host_draws(host_random.standard_gamma(
                 self._host_key(key), _host_value(alpha), shape), alpha.dtype)
         else:
@@ -1124,6 +1462,8 @@ class TorchBackend(Backend):
     def poisson(self, key, rate, shape=None):
         rate = self._float_param(rate)
         shape = tuple(rate.shape) if shape is None else _shape(shape)
+        if self._batched_draw(key, rate):
+            return self._batched_host("poisson", key, (rate,), (list(shape),), self._float)
         if self._cpu:
             return self._host_draws(
                 host_random.poisson(self._host_key(key), _host_value(rate), shape), self._float)
@@ -1136,6 +1476,8 @@ class TorchBackend(Backend):
         p = self._float_param(probs)
         shape = (self.broadcast_shapes(tuple(n.shape), tuple(p.shape)) if shape is None
                  else _shape(shape))
+        if self._batched_draw(key, n, p):
+            return self._batched_host("binomial", key, (n, p), (list(shape),), self._float)
         if self._cpu:
             draws = host_random.binomial(
                 self._host_key(key), _host_value(n), _host_value(p), shape)
@@ -1147,6 +1489,9 @@ class TorchBackend(Backend):
 
     def randint(self, key, shape, minval, maxval):
         shape = _shape(shape)
+        if self._batched_draw(key):
+            return self._batched_host("randint", key, (), (list(shape), int(minval), int(maxval)),
+                                      self._int)
         if self._cpu:
             return self._host_draws(
                 host_random.randint(self._host_key(key), shape, minval, maxval), self._int)
@@ -1154,6 +1499,8 @@ class TorchBackend(Backend):
                              dtype=self._int, device=self._device)
 
     def permutation(self, key, n):
+        if self._batched_draw(key):
+            return self._batched_host("permutation", key, (), (int(n),), self._int)
         if self._cpu:
             return self._host_draws(host_random.permutation(self._host_key(key), n), self._int)
         return torch.randperm(int(n), generator=self._generator(key), dtype=self._int,
@@ -1421,26 +1768,63 @@ class TorchBackend(Backend):
         """``torch.func.vmap`` with JAX's argument names (``in_axes``, ``out_axes``).
 
         Random draws inside use ``randomness="same"`` (an unbatched key gives every example the
-        same numbers, as in JAX). A mapped argument holding host (NumPy) arrays, such as a stack
-        of random keys, makes the call loop over the examples and stack (the base class's
-        ``vmap``), since host arrays cannot be batched by torch.
+        same numbers, as in JAX).
+
+        A mapped argument holding a stack of host keys (NumPy ``uint32`` arrays with a last axis
+        of 2, e.g. ``split(key, n)``) is vectorised on the CPU: the keys enter as an int64
+        tensor and each example's draws (and the keys split or folded from it) are computed on
+        the host from that example's key, so the results equal a loop over the keys draw for
+        draw (and the NumPy backend's). Keys made inside come back from ``vmap`` as int64
+        tensors of shape (n, ..., 2), which every random primitive accepts. The call falls back
+        to a Python loop over the examples, with the same numbers, when the function needs a
+        per-example value that vmap cannot give (``to_numpy``, ``pure_callback``, Python control
+        flow on a batched value), on another device, when the random primitives are overridden
+        (:func:`agvi.testing.SharedNoise`), and when a mapped argument holds other host arrays.
         """
         in_dims = tuple(in_axes) if isinstance(in_axes, list) else in_axes
         vfun = tfunc.vmap(fun, in_dims=in_dims, out_dims=out_axes, randomness="same")
         looped = _looped_vmap(fun, in_dims, out_axes)
+        own_keys = self._cpu and self._own_random()
 
         def mapped(*args):
             axes = in_dims if isinstance(in_dims, tuple) else (in_dims,) * len(args)
+            host, vectorise, converted = False, own_keys, []
             for arg, ax in zip(args, axes, strict=False):
                 if ax is None or isinstance(arg, _Tensor):
+                    converted.append(arg)
                     continue
-                if isinstance(arg, np.ndarray) or any(
-                        isinstance(leaf, np.ndarray)
-                        for leaf in optree.tree_leaves(arg, none_is_leaf=False)):
+                leaves, treedef = optree.tree_flatten(arg, none_is_leaf=False)
+                if not any(isinstance(leaf, np.ndarray) for leaf in leaves):
+                    converted.append(arg)
+                    continue
+                host = True
+                if vectorise and isinstance(ax, int) and all(
+                        _host_key_stack(leaf, ax) for leaf in leaves
+                        if isinstance(leaf, np.ndarray)):
+                    converted.append(optree.tree_unflatten(treedef, [
+                        torch.from_numpy(leaf.astype(np.int64))
+                        if isinstance(leaf, np.ndarray) else leaf for leaf in leaves]))
+                else:
+                    vectorise = False
+            if not host:
+                return vfun(*args)
+            if not vectorise:
+                return looped(*args)
+            try:
+                return vfun(*converted, *args[len(converted):])
+            except RuntimeError as exc:  # a per-example value was needed: loop instead
+                if isinstance(exc, _BatchedHostError) or _batched_error(exc):
                     return looped(*args)
-            return vfun(*args)
+                raise
 
         return mapped
+
+    def _own_random(self) -> bool:
+        """Whether this object's random primitives are :class:`TorchBackend`'s own (a wrapper
+        such as :func:`agvi.testing.SharedNoise` replaces them)."""
+        cls = type(self)
+        return all(getattr(cls, name) is getattr(TorchBackend, name)
+                   and name not in self.__dict__ for name in _RANDOM_PRIMITIVES)
 
 
 # --------------------------------------------------------------------------- module helpers
@@ -1461,6 +1845,12 @@ def _join_aux(box, tensors):
     treedef, static = box[-1]
     it = iter(tensors)
     return optree.tree_unflatten(treedef, [next(it) if v is None else v for v in static])
+
+
+def _host_key_stack(leaf: np.ndarray, axis: int) -> bool:
+    """Whether ``leaf``, mapped over ``axis``, is a stack of host keys (uint32, last axis 2)."""
+    return (leaf.dtype == np.uint32 and leaf.ndim >= 2 and leaf.shape[-1] == 2
+            and axis % leaf.ndim != leaf.ndim - 1)
 
 
 def _looped_vmap(fun, in_axes, out_axes):

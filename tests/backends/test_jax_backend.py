@@ -344,11 +344,11 @@ def test_backend_adds_nothing_to_compiled_programs(B):
 
     def loglik_backend(w):
         z = B.sum(X * w, axis=-1)
-        return B.sum(y * z - B.softplus(z)) - 0.5 * B.sum(w * w)
+        return B.sum(y * z - B.log1p(B.exp(z))) - 0.5 * B.sum(w * w)
 
     def loglik_jnp(w):
         z = jnp.sum(X * w, axis=-1)
-        return jnp.sum(y * z - jax.nn.softplus(z)) - 0.5 * jnp.sum(w * w)
+        return jnp.sum(y * z - jnp.log1p(jnp.exp(z))) - 0.5 * jnp.sum(w * w)
 
     w = B.zeros((4,))
 
