@@ -9,9 +9,10 @@ objective. ``params`` are constrained values substituted into the guide's and th
 Particles
 ---------
 With ``vectorize_particles=True`` the particles run under ``B.vmap`` over a batch of keys: on
-JAX that is one vectorised computation; the NumPy and torch backends keep keys on the host and
-their ``vmap`` over keys is a loop with the same numbers. With ``vectorize_particles=False`` a
-plain Python loop (unrolled under ``jit``) is used on every backend.
+JAX and on torch (CPU) that is one vectorised computation (torch draws each particle's numbers
+on the host from its key, the numbers of the loop); NumPy, and torch on other devices, loop
+with the same numbers. With ``vectorize_particles=False`` a plain Python loop (unrolled under
+``jit``) is used on every backend.
 
 Scaling (KL annealing, beta-VAE, mini-batch weights) goes through
 :class:`agvi.handlers.scale` inside the model or guide; pass the factor as an Array argument so
