@@ -110,9 +110,15 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
         mu = B.tree_map(lambda m, g: b1 * m + (1.0 - b1) * g, state.mu, grads)
         nu = B.tree_map(lambda n, g: b2 * n + (1.0 - b2) * g * g, state.nu, grads)
 
+        corrections = {}   # the bias corrections, once per dtype (not once per leaf)
+
         def direction(m, n):
-            t = B.astype(count, B.dtype_of(m))
-            return (m / (1.0 - b1 ** t)) / (B.sqrt(n / (1.0 - b2 ** t)) + eps)
+            dtype = B.dtype_of(m)
+            if dtype not in corrections:
+                t = B.astype(count, dtype)
+                corrections[dtype] = (1.0 - b1 ** t, 1.0 - b2 ** t)
+            c1, c2 = corrections[dtype]
+            return (m / c1) / (B.sqrt(n / c2) + eps)
 
         return B.tree_map(direction, mu, nu), AdamState(count, mu, nu)
 
