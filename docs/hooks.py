@@ -77,7 +77,7 @@ def backend_classes() -> dict:
 
     out = {}
     for name in backends.known_backends():
-        factory = backends._REGISTRY[name][0]  # "module:Class" for the built-in backends
+        factory = backends.backend_info(name).factory  # "module:Class" for the built-ins
         if isinstance(factory, str):
             module, cls = factory.split(":")
             out[name] = (module, cls)

@@ -177,3 +177,14 @@ def test_unknown_backend_name_lists_known_names():
         agvi.set_backend("nope")
     with pytest.raises(TypeError, match="backend name must be a string"):
         agvi.set_backend(3)
+
+
+def test_backend_info_reads_the_registry_without_importing():
+    from agvi.backends import backend_info
+
+    info = backend_info("pytorch")
+    assert info.factory == "agvi.backends.torch_backend:TorchBackend"
+    assert info.requires == ("torch",) and info.extra == "torch"
+    assert backend_info("numpy").requires == ("numpy", "autograd")
+    with pytest.raises(ValueError, match="unknown backend 'nope'"):
+        backend_info("nope")

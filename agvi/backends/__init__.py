@@ -14,11 +14,13 @@ import importlib.util
 import os
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 from .base import CONTRACT, Backend, framework_of
 
 __all__ = [
-    "Backend", "CONTRACT", "available_backends", "framework_of", "get_backend",
+    "Backend", "BackendInfo", "CONTRACT", "available_backends", "backend_info", "framework_of",
+    "get_backend",
     "import_framework", "known_backends", "make_backend", "register_backend", "set_backend",
     "use_backend",
 ]
@@ -63,6 +65,35 @@ def register_backend(name: str, factory: Callable[..., Backend], *, requires=(),
 def known_backends() -> list[str]:
     """Every registered backend name, installed or not."""
     return list(_REGISTRY)
+
+
+class BackendInfo(NamedTuple):
+    """How a backend is registered (see :func:`register_backend`).
+
+    Attributes
+    ----------
+    factory : str or callable
+        ``"module:Class"`` for the built-in backends (nothing imported), else the callable.
+    requires : tuple of str
+        Modules that must be importable for the backend to be available.
+    extra : str or None
+        The pip extra to install for it.
+    """
+
+    factory: object
+    requires: tuple
+    extra: object
+
+
+def backend_info(name: str) -> BackendInfo:
+    """The registration of backend ``name`` (an alias such as ``"pytorch"`` included).
+
+    Raises
+    ------
+    ValueError
+        If no backend of that name is registered; the message lists the known ones.
+    """
+    return BackendInfo(*_REGISTRY[_canonical(name)])
 
 
 def _installed(modules) -> bool:

@@ -30,14 +30,6 @@ from agvi.infer.mcmc.metrics import gaussian_euclidean
 from agvi.infer.mcmc.sampler import MCMC, NUTS
 
 
-@pytest.fixture
-def B(backend):
-    if backend.precision != "float64":
-        pytest.skip("the MCMC tests run in float64")
-    with agvi.use_backend(backend):
-        yield backend
-
-
 def _keys(B, n, seed=0):
     return B.asarray(np.stack([B.key_data(B.fold_in(B.key(seed), c)) for c in range(n)]))
 

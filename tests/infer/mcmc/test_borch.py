@@ -20,14 +20,6 @@ from agvi.infer.mcmc.adaptation import find_reasonable_step_size
 from agvi.infer.mcmc.diagnostics import mcse
 
 
-@pytest.fixture
-def B(backend):
-    if backend.precision != "float64":
-        pytest.skip("the MCMC tests run in float64")
-    with agvi.use_backend(backend):
-        yield backend
-
-
 def _problem(B):
     """A list of two parameters (a (2,) vector and a scalar) and the closure reading them."""
     parameters = [B.asarray([0.3, -0.2]), B.asarray(1.0)]

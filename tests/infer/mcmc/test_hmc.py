@@ -12,20 +12,11 @@ import math
 import numpy as np
 import pytest
 
-import agvi
 from agvi.infer.mcmc import hmc
 from agvi.infer.mcmc.integrators import IntegratorState, logdensity_and_grad_fn, velocity_verlet
 from agvi.infer.mcmc.metrics import gaussian_euclidean
 
 COV = np.array([[1.0, 0.6], [0.6, 0.5]])
-
-
-@pytest.fixture
-def B(backend):
-    if backend.precision != "float64":
-        pytest.skip("the MCMC tests run in float64")
-    with agvi.use_backend(backend):
-        yield backend
 
 
 def correlated(B):

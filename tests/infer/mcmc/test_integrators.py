@@ -9,19 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import agvi
 from agvi.infer.mcmc.integrators import IntegratorState, logdensity_and_grad_fn, velocity_verlet
 from agvi.infer.mcmc.metrics import gaussian_euclidean
 
 PREC = np.array([1.0, 4.0, 0.25])   # a diagonal Gaussian with standard deviations 1, 0.5, 2
-
-
-@pytest.fixture
-def B(backend):
-    if backend.precision != "float64":
-        pytest.skip("the MCMC tests run in float64")
-    with agvi.use_backend(backend):
-        yield backend
 
 
 def gaussian(B, prec=PREC):

@@ -9,16 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import agvi
 from agvi.infer.mcmc.metrics import gaussian_euclidean
-
-
-@pytest.fixture
-def B(backend):
-    if backend.precision != "float64":
-        pytest.skip("the MCMC tests run in float64")
-    with agvi.use_backend(backend):
-        yield backend
 
 
 def random_dense(rng, num_chains, d):

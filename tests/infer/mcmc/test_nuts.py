@@ -18,7 +18,6 @@ import math
 import numpy as np
 import pytest
 
-import agvi
 from agvi.backends import make_backend
 from agvi.infer.mcmc import hmc, nuts
 from agvi.infer.mcmc.metrics import gaussian_euclidean
@@ -28,14 +27,6 @@ from agvi.testing.reference_nuts import reference_nuts
 NAN, INF = float("nan"), float("inf")
 DEPTH = 5          # max_tree_depth of the reference comparisons (trees of up to 31 steps)
 _KERNELS: dict = {}   # compiled kernels shared by the tests of one session (JAX compiles once)
-
-
-@pytest.fixture
-def B(backend):
-    if backend.precision != "float64":
-        pytest.skip("the MCMC tests run in float64")
-    with agvi.use_backend(backend):
-        yield backend
 
 
 # ------------------------------------------------------------------------------ targets

@@ -25,14 +25,6 @@ SD = np.array([1.0, 2.0, 0.5])
 
 
 @pytest.fixture
-def B(backend):
-    if backend.precision != "float64":
-        pytest.skip("the MCMC tests run in float64")
-    with agvi.use_backend(backend):
-        yield backend
-
-
-@pytest.fixture
 def NP():
     """The NumPy backend, for tests of driver logic that no backend changes."""
     wanted = os.environ.get("AGVI_TEST_BACKENDS", "").strip()
