@@ -39,9 +39,12 @@ Random numbers (:func:`draw_noise`): per chain and transition, from the chain's 
 normal vector for the momentum and ``2 * max_tree_depth + 2**(max_tree_depth - 1)`` uniforms:
 the direction of each doubling (right when ``u < 1/2``), the biased-progressive uniform of each
 doubling, and one uniform per leaf index within a subtree for the progressive sampling within
-subtrees (shared by the subtrees; see :class:`NUTSNoise`). Passing the same numbers to
-:func:`agvi.testing.reference_nuts.reference_nuts` (a recursive implementation) reproduces the
-transition.
+subtrees (shared by the subtrees; see :class:`NUTSNoise`). The chain's key is split in three:
+the momentum, the directions with the between-subtree uniforms and the first 32 leaf uniforms,
+and the other leaf uniforms, which a compiled kernel draws only when a subtree has more than 32
+leaves (drawing all 512 of depth 10 every transition cost more than the rest of its random
+numbers). Passing the same numbers to :func:`agvi.testing.reference_nuts.reference_nuts` (a
+recursive implementation) reproduces the transition.
 
 References
 ----------
