@@ -52,6 +52,9 @@ BINARY_FUNCTIONS = (
     "logaddexp", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal",
     "logical_and", "logical_or", "floor_divide", "remainder",
 )
+#: The key-based random primitives every other draw is built from.
+RANDOM_PRIMITIVES = ("key", "split", "fold_in", "normal", "uniform", "gamma", "poisson",
+                     "binomial", "randint", "permutation")
 #: Special functions with gradients on every backend.
 SPECIAL_FUNCTIONS = (
     "gammaln", "digamma", "polygamma", "betaln", "erf", "erfc", "erfinv", "ndtr", "ndtri",

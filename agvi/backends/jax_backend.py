@@ -106,7 +106,6 @@ def _device_name(device) -> str:
     return f"{platform}:{index}"
 
 
-
 @jax.custom_jvp
 def _softplus(x):
     """``max(x, 0) + log1p(exp(-|x|))``: exact, and about 3x cheaper forward and backward than
@@ -418,6 +417,7 @@ class JaxBackend(Backend):
     expit = staticmethod(jsp.expit)
     logit = staticmethod(jsp.logit)
     softplus = staticmethod(_softplus)
+
     @staticmethod
     def log_expit(x):
         return -_softplus(-x)

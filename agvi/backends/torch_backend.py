@@ -87,6 +87,7 @@ from torch._C import _functorch as _fc
 from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
 
 from . import host_random
+from .base import RANDOM_PRIMITIVES as _RANDOM_PRIMITIVES
 from .base import Backend, FInfo
 
 __all__ = ["TorchBackend"]
@@ -101,9 +102,6 @@ _NP_OF = {torch.float32: np.float32, torch.float64: np.float64, torch.int32: np.
           torch.uint8: np.uint8}
 _PY_SCALARS = (bool, int, float)
 _SQRT1_2 = math.sqrt(0.5)
-# the random primitives (as agvi.testing.shared_noise.RANDOM_PRIMITIVES)
-_RANDOM_PRIMITIVES = ("key", "split", "fold_in", "normal", "uniform", "gamma", "poisson",
-                      "binomial", "randint", "permutation")
 def _np_dtype(dtype):
     """The NumPy dtype of a floating torch dtype."""
     return np.float64 if dtype == torch.float64 else np.float32
@@ -393,114 +391,12 @@ def _uniform_host(k, shape, minval, maxval, np_dtype):
     return host_random.uniform(k, shape, np.dtype(np_dtype), minval, maxval)
 
 
-# NumPy's SeedSequence hash (numpy/random/bit_generator.pyx: mix_entropy, generate_state) for
-# a whole stack of keys at once: split and fold_in are SeedSequence([k0, k1], spawn_key=...) of
-# each key, and hashing 16 keys in one pass costs a third of 16 SeedSequence calls. The hash
-# constants do not depend on the data, so each hashmix step is one vectorised xor-multiply-
-# shift. Checked against host_random on first use (_seedsequence_ok); the loop otherwise.
-_SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
-_SS_MIX_L, _SS_MIX_R, _MASK32 = 0xCA01F9DD, 0x4973F715, 0xFFFFFFFF
-_U16 = np.uint32(16)
-_SS_OTHERS = [[d for d in range(4) if d != s] for s in range(4)]
-_SS_PLANS: dict = {}
-_SS_STATE: dict = {}
-
-
-def _ss_consts(start, mult, n):
-    """The (xor, multiply) constants of ``n`` successive hashmix steps, uint32 arrays (n,)."""
-    xs, ms, h = [], [], start
-    for _ in range(n):
-        xs.append(h)
-        h = (h * mult) & _MASK32
-        ms.append(h)
-    return np.array(xs, dtype=np.uint32), np.array(ms, dtype=np.uint32)
-
-
-def _ss_plan(spawn_words: tuple):
-    """Constants of mix_entropy for a two-word entropy padded to the pool (4 words) and the
-    spawn key's words (fixed: their hashes are folded into per-word constants)."""
-    plan = _SS_PLANS.get(spawn_words)
-    if plan is None:
-        xa, ma = _ss_consts(_SS_INIT_A, _SS_MULT_A, 16 + 4 * len(spawn_words))
-        spawn = []
-        for j, w in enumerate(spawn_words):
-            c = []
-            for dst in range(4):
-                v = ((w ^ int(xa[16 + 4 * j + dst])) * int(ma[16 + 4 * j + dst])) & _MASK32
-                c.append(((v ^ (v >> 16)) * _SS_MIX_R) & _MASK32)  # MIX_R * hashmix(w)
-            spawn.append(np.array(c, dtype=np.uint32))
-        plan = _SS_PLANS[spawn_words] = (xa[:4], ma[:4], xa[4:16].reshape(4, 3),
-                                         ma[4:16].reshape(4, 3), spawn)
-    return plan
-
-
-def _seedsequence_states(keys: np.ndarray, spawn_words: tuple, n_words: int) -> np.ndarray:
-    """``SeedSequence([k0, k1], spawn_key).generate_state(n_words)`` of each key, (n, n_words)
-    uint32 (``spawn_words``: the spawn key as uint32 words)."""
-    x0, m0, xm, mm, spawn = _ss_plan(spawn_words)
-    mix_l, mix_r = np.uint32(_SS_MIX_L), np.uint32(_SS_MIX_R)
-    mixer = np.zeros((keys.shape[0], 4), dtype=np.uint32)  # uint32 arithmetic wraps mod 2**32
-    mixer[:, :2] = keys
-    mixer ^= x0
-    mixer *= m0
-    mixer ^= mixer >> _U16
-    for src in range(4):  # mixer[dst] = mix(mixer[dst], hashmix(mixer[src])) for dst != src
-        h = mixer[:, src, None] ^ xm[src]
-        h *= mm[src]
-        h ^= h >> _U16
-        dst = _SS_OTHERS[src]
-        r = mixer[:, dst] * mix_l
-        r -= h * mix_r
-        r ^= r >> _U16
-        mixer[:, dst] = r
-    for c in spawn:
-        mixer *= mix_l
-        mixer -= c
-        mixer ^= mixer >> _U16
-    xb, mb = _ss_consts(_SS_INIT_B, _SS_MULT_B, n_words)
-    out = mixer[:, np.arange(n_words) % 4] ^ xb
-    out *= mb
-    out ^= out >> _U16
-    return out
-
-
-def _uint32_words(n: int) -> tuple:
-    """The uint32 words of a non-negative int, as SeedSequence coerces it.
-
-    Raises
-    ------
-    ValueError
-        If ``n`` is negative (as SeedSequence does).
-    """
-    if n < 0:
-        raise ValueError(f"fold_in: data must be a non-negative int, got {n}")
-    words = [] if n else [0]
-    while n > 0:
-        words.append(n & _MASK32)
-        n >>= 32
-    return tuple(words)
-
-
 def _split_many(keys, num):
-    states = _seedsequence_states(keys, (0x5EED,), 2 * num)  # host_random.split's spawn key
-    return states.reshape(keys.shape[0], num, 2).astype(np.int64)
+    return host_random.split_many(keys, num).astype(np.int64)
 
 
 def _fold_in_many(keys, data):
-    # host_random.fold_in's spawn key (0xF01D, data)
-    return _seedsequence_states(keys, (0xF01D,) + _uint32_words(int(data)), 2).astype(np.int64)
-
-
-def _seedsequence_ok() -> bool:
-    """Whether the batched hash reproduces host_random.split and fold_in (checked once)."""
-    ok = _SS_STATE.get("ok")
-    if ok is None:
-        keys = np.array([[0, 0], [0xFFFFFFFF, 1], [12345, 0x9E3779B9]], dtype=np.uint32)
-        ok = _SS_STATE["ok"] = bool(
-            np.array_equal(_split_many(keys, 3), [host_random.split(k, 3) for k in keys])
-            and np.array_equal(_fold_in_many(keys, 2**33 + 7),
-                               [host_random.fold_in(k, 2**33 + 7) for k in keys]))
-    return ok
+    return host_random.fold_in_many(keys, data).astype(np.int64)
 
 
 _MANY = {"split": _split_many, "fold_in": _fold_in_many}
@@ -510,7 +406,7 @@ def _host_stack(name, keys, args) -> np.ndarray:
     """The host draws of primitive ``name`` for each key of ``keys`` (n, 2) uint32 with the
     same other arguments, stacked along a new leading axis."""
     many = _MANY.get(name)
-    if many is not None and _seedsequence_ok():
+    if many is not None and host_random.batched_hash_ok():
         return many(keys, *args)
     host = _HOST_OPERATORS[name][1]
     return np.stack([np.asarray(host(k, *args)) for k in keys])

@@ -159,12 +159,13 @@ class _Binary(_Parametrised):
             return self.B.xlog1py(x, -self.probs)
         return x * self.B.log_expit(-self.logits)
 
-    def _xlog_pq(self, x, y):
-        """``x * log(p) + y * log(1 - p)``; from logits one softplus:
-        ``x * l - (x + y) * softplus(l)``, as ``log p = l - softplus(l)``."""
+    def _xlog_pq(self, x, y=None):
+        """``x * log(p) + y * log(1 - p)`` (``y = 1 - x`` when None); from logits one
+        softplus: ``x * l - (x + y) * softplus(l)``, as ``log p = l - softplus(l)``."""
         if self._given == "probs":
-            return self._xlog_p(x) + self._xlog_q(y)
-        return x * self.logits - (x + y) * self.B.softplus(self.logits)
+            return self._xlog_p(x) + self._xlog_q(1.0 - x if y is None else y)
+        softplus = self.B.softplus(self.logits)
+        return x * self.logits - (softplus if y is None else (x + y) * softplus)
 
     def _log_q(self):
         if self._given == "probs":
@@ -219,9 +220,7 @@ class Bernoulli(_Binary):
 
     def log_prob(self, value):
         x = self._cast(value)
-        if self._given == "logits":   # x * l - softplus(l): the fewest operations
-            return x * self.logits - self.B.softplus(self.logits)
-        return self._xlog_pq(x, 1.0 - x)
+        return self._xlog_pq(x)
 
     def cdf(self, value):
         """P(X <= value), shape ``broadcast(value.shape, batch_shape)``."""

@@ -69,6 +69,7 @@ def get_handler_stack() -> tuple:
 _WRAPPER_ATTRS = functools.WRAPPER_ASSIGNMENTS
 _MISSING = object()
 
+
 class Messenger:
     """Base class of effect handlers.
 

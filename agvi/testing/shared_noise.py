@@ -56,13 +56,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import host_random
+from ..backends.base import RANDOM_PRIMITIVES as _RANDOM_PRIMITIVES
 from ..backends.base import Backend
 
 __all__ = ["SharedNoise", "is_shared_noise", "RANDOM_PRIMITIVES", "DERIVED_DRAWS"]
 
-#: The random methods computed on the host.
-RANDOM_PRIMITIVES = ("key", "split", "fold_in", "normal", "uniform", "gamma", "poisson",
-                     "binomial", "randint", "permutation")
+#: The random methods computed on the host: the backend contract's primitives.
+RANDOM_PRIMITIVES = _RANDOM_PRIMITIVES
 #: Draws derived from the primitives; forced to :class:`Backend`'s generic implementations.
 DERIVED_DRAWS = ("exponential", "gumbel", "bernoulli", "categorical", "beta", "dirichlet",
                  "multivariate_normal")

@@ -165,18 +165,18 @@ def _leaf_split(max_tree_depth: int) -> tuple[int, int]:
     return head, num_leaves - head
 
 
-def _draw_one(B, key, dim, dtype, max_tree_depth):
-    """One chain's draws from its key: a standard normal (dim,) and the ``2 * D + head``
-    uniforms drawn with every transition (the third key of the split is the tail's)."""
-    key_momentum, key_uniform = B.split(key, 3)[:2]
+def _draw_one(B, keys3, dim, dtype, max_tree_depth):
+    """One chain's draws from ``keys3 = B.split(key, 3)`` of its key: a standard normal (dim,)
+    and the ``2 * D + head`` uniforms drawn with every transition (``keys3[2]`` is the
+    tail's, :func:`_tail_one`)."""
     head, _ = _leaf_split(max_tree_depth)
-    return (B.normal(key_momentum, (dim,), dtype=dtype),
-            B.uniform(key_uniform, (2 * max_tree_depth + head,), dtype=dtype))
+    return (B.normal(keys3[0], (dim,), dtype=dtype),
+            B.uniform(keys3[1], (2 * max_tree_depth + head,), dtype=dtype))
 
 
-def _tail_one(B, key, dtype, max_tree_depth):
-    """One chain's ``tail`` leaf uniforms, from the third key of the split of its key."""
-    return B.uniform(B.split(key, 3)[2], (_leaf_split(max_tree_depth)[1],), dtype=dtype)
+def _tail_one(B, keys3, dtype, max_tree_depth):
+    """One chain's ``tail`` leaf uniforms, from ``keys3 = B.split(key, 3)`` of its key."""
+    return B.uniform(keys3[2], (_leaf_split(max_tree_depth)[1],), dtype=dtype)
 
 
 def _per_chain_draw(B, draw, keys):
@@ -210,10 +210,10 @@ def draw_noise(keys, position, metric, max_tree_depth: int) -> NUTSNoise:
     dtype = B.dtype_of(position)
     depth = max_tree_depth
     dim = B.shape(position)[-1]
-    z, u = _per_chain_draw(B, lambda key: _draw_one(B, key, dim, dtype, depth), keys)
+    z, u = _per_chain_draw(B, lambda key: _draw_one(B, B.split(key, 3), dim, dtype, depth), keys)
     u_leaf = u[:, 2 * depth:]
     if _leaf_split(depth)[1]:
-        tail = _per_chain_draw(B, lambda key: _tail_one(B, key, dtype, depth), keys)
+        tail = _per_chain_draw(B, lambda key: _tail_one(B, B.split(key, 3), dtype, depth), keys)
         u_leaf = B.concatenate([u_leaf, tail], axis=1)
     return NUTSNoise(metric.momentum_from_normal(z), u[:, :depth] < 0.5, u[:, depth:2 * depth],
                      u_leaf)
@@ -344,8 +344,8 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
                                  metric, noise, max_depth, delta_energy_max)
         head, tail = _leaf_split(max_depth)
         if noise is None:   # draw_noise's numbers, the leaf tail drawn when first needed
-            z, u = _per_chain_draw(B, lambda key: _draw_one(B, key, dim, dtype, max_depth),
-                                   keys)
+            z, u = _per_chain_draw(
+                B, lambda key: _draw_one(B, B.split(key, 3), dim, dtype, max_depth), keys)
             noise = NUTSNoise(metric.momentum_from_normal(z), u[:, :max_depth] < 0.5,
                               u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:])
             leaf_tail = B.zeros((num_chains, tail), dtype=dtype)
@@ -357,7 +357,8 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
         tail_depth = head.bit_length()
 
         def draw_tail(leaf_tail):
-            return _per_chain_draw(B, lambda key: _tail_one(B, key, dtype, max_depth), keys)
+            return _per_chain_draw(
+                B, lambda key: _tail_one(B, B.split(key, 3), dtype, max_depth), keys)
 
         def keep_tail(leaf_tail):
             return leaf_tail
@@ -660,17 +661,16 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
 def _host_noise(B, keys, dim, dtype, metric, max_depth):
     """:func:`draw_noise`'s numbers drawn chain by chain (no ``map``), for the eager path:
     ``(momentum (C, d) Array, uniforms (C, 2D + 2**(D-1)) host array)``."""
-    head, tail = _leaf_split(max_depth)
+    tail = _leaf_split(max_depth)[1]
     host = B.to_numpy
     z, u = [], []
     for c in range(B.shape(keys)[0]):
-        # _draw_one's and _tail_one's draws, from one split of the key (a split costs as much
-        # as a draw on the host)
-        key_momentum, key_uniform, key_tail = B.split(keys[c], 3)
-        z.append(B.normal(key_momentum, (dim,), dtype=dtype))
-        u.append(host(B.uniform(key_uniform, (2 * max_depth + head,), dtype=dtype)))
+        keys3 = B.split(keys[c], 3)   # once: a split costs as much as a draw on the host
+        z_c, u_c = _draw_one(B, keys3, dim, dtype, max_depth)
+        z.append(z_c)
+        u.append(host(u_c))
         if tail:
-            u.append(host(B.uniform(key_tail, (tail,), dtype=dtype)))
+            u.append(host(_tail_one(B, keys3, dtype, max_depth)))
     u = np.concatenate(u).reshape(len(z), -1)
     return metric.momentum_from_normal(B.stack(z)), u
 

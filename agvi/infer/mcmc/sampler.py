@@ -683,9 +683,14 @@ def _as_key(B, key):
     return key
 
 
+def _fold_host(B, keys_host, data):
+    """Keys ``fold_in(k, data)`` of the host keys ``keys_host`` (n, 2), as NumPy (n, 2)."""
+    return np.stack([B.key_data(B.fold_in(k, int(data))) for k in keys_host])
+
+
 def _fold(B, keys_host, data):
-    """Keys ``fold_in(k, data)`` of the host keys ``keys_host`` (n, 2) as a backend (n, 2)."""
-    return B.asarray(np.stack([B.key_data(B.fold_in(k, data)) for k in keys_host]))
+    """:func:`_fold_host` as a backend array (n, 2)."""
+    return B.asarray(_fold_host(B, keys_host, data))
 
 
 _PROBE_VALUES = (0.0, 1.0, 0.5, -0.5, 2.0, -2.0)
@@ -804,8 +809,7 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
         if B.compiles_control_flow:   # one batched hash (map is a loop under jit)
             return B.vmap(lambda k: B.fold_in(k, t))(keys)
         # eager: host keys, hashed on the host (no framework arrays in between)
-        t = int(t)
-        return np.stack([B.key_data(B.fold_in(k, t)) for k in B.key_data(keys)])
+        return _fold_host(B, B.key_data(keys), t)
 
     def chunk(carry, xs, args):
         logdensity = _flat_logdensity(logdensity_fn, B, structure, args)
