@@ -95,7 +95,7 @@ CONTRACT = {
         "stop_gradient", "custom_vjp",
     ),
     "control_flow": ("cond", "switch", "while_loop", "fori_loop", "scan", "map"),
-    "transforms": ("jit", "vmap", "pure_callback"),
+    "transforms": ("jit", "compile_pure", "vmap", "pure_callback"),
     "pytrees": (
         "tree_flatten", "tree_unflatten", "tree_map", "tree_leaves", "tree_structure",
         "ravel_pytree",
@@ -1125,6 +1125,19 @@ class Backend:
     # ------------------------------------------------------------------ transforms (generic)
     def jit(self, fun: Callable, static_argnums=(), static_argnames=(), donate_argnums=()):
         """Compile ``fun`` where the framework can (``has_jit``); otherwise return it unchanged."""
+        return fun
+
+    def compile_pure(self, fun: Callable) -> Callable:
+        """``fun`` compiled for repeated calls, where the framework can trace it.
+
+        For a pure function of Arrays (pytrees of Arrays and Python scalars) with no random
+        draws, called many times with inputs of the same shapes: a log density's value and
+        gradient inside a sampler. Python scalar arguments are static (a new value compiles
+        again). JAX: ``jax.jit``. torch: a graph traced once per input
+        signature and run by TorchScript (:mod:`agvi.backends._torch_trace`); a function the
+        tracer cannot record (Python control flow on values, host conversions, random draws)
+        runs eagerly. Elsewhere ``fun`` unchanged. The results equal ``fun``'s up to rounding.
+        """
         return fun
 
     def vmap(self, fun: Callable, in_axes=0, out_axes=0):

@@ -122,6 +122,9 @@ def _softplus_jvp(primals, tangents):
     return jnp.maximum(x, 0.0) + jnp.log1p(e), jnp.where(x >= 0, r, e * r) * t
 
 
+_PY_SCALARS = (bool, int, float, complex, str, type(None))
+
+
 class JaxBackend(Backend):
     """JAX backend (name ``"jax"``): native ``jit``, ``vmap``, forward mode and ``lax`` control
     flow.
@@ -578,6 +581,18 @@ class JaxBackend(Backend):
     def jit(self, fun, static_argnums=(), static_argnames=(), donate_argnums=()):
         return jax.jit(fun, static_argnums=static_argnums, static_argnames=static_argnames,
                        donate_argnums=donate_argnums)
+
+    def compile_pure(self, fun):
+        compiled = {}   # positions of the Python scalar arguments -> jitted fun
+
+        def call(*args):
+            static = tuple(i for i, a in enumerate(args) if isinstance(a, _PY_SCALARS))
+            f = compiled.get(static)
+            if f is None:
+                f = compiled[static] = jax.jit(fun, static_argnums=static)
+            return f(*args)
+
+        return call
 
     def vmap(self, fun, in_axes=0, out_axes=0):
         if isinstance(in_axes, list):

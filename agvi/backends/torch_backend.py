@@ -63,7 +63,8 @@ see one example's value inside ``vmap``; a ``while_loop`` whose predicate is bat
 ``vmap`` is not supported (``cond`` and ``switch`` select, as ``jax.vmap`` does); inside
 ``vmap`` on a CUDA or MPS device, random draws must use an unbatched key and unbatched
 parameters (a mapped stack of keys makes :meth:`TorchBackend.vmap` loop there); ``gammainc`` is
-not differentiable in ``a``. ``jit`` is the identity (``has_jit`` is False).
+not differentiable in ``a``. ``jit`` is the identity (``has_jit`` is False); ``compile_pure``
+traces a pure function into a TorchScript graph per input signature (:mod:`._torch_trace`).
 
 References
 ----------
@@ -87,6 +88,7 @@ from torch._C import _functorch as _fc
 from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
 
 from . import host_random
+from ._torch_trace import TracedFunction, check_not_tracing
 from .base import RANDOM_PRIMITIVES as _RANDOM_PRIMITIVES
 from .base import Backend, FInfo
 
@@ -1223,6 +1225,7 @@ class TorchBackend(Backend):
     # ------------------------------------------------------------------ random
     @staticmethod
     def _host_key(key):
+        check_not_tracing("a random draw")   # a traced graph would freeze the numbers
         return host_random.as_key(_host_value(key) if isinstance(key, _Tensor) else key)
 
     def _batched_draw(self, key, *params) -> bool:
@@ -1659,6 +1662,12 @@ class TorchBackend(Backend):
         """The identity: torch runs eagerly (``has_jit`` is False); the arguments are accepted
         for portability and ignored."""
         return fun
+
+    def compile_pure(self, fun):
+        """``fun`` traced into a graph once per input signature (shapes, dtypes, devices, Python
+        scalars) and run by TorchScript: :class:`agvi.backends._torch_trace.TracedFunction`.
+        Untraceable functions, and calls with tensors that carry derivatives, run eagerly."""
+        return TracedFunction(fun)
 
     def vmap(self, fun, in_axes=0, out_axes=0):
         """``torch.func.vmap`` with JAX's argument names (``in_axes``, ``out_axes``).

@@ -2565,6 +2565,33 @@ def check_jit(B):
     _expect(B, out["s"], x + y, what="jit with pytree input and output")
 
 
+@_register("compile_pure")
+def check_compile_pure(B):
+    (xb, x), (yb, y) = _pair(B, [0.3, -1.2, 2.0]), _pair(B, [0.5, 1.5, -0.7])
+
+    def density(a, data):   # a value and gradient with the data as an input, as samplers use
+        return B.sum(B.log1p(B.exp(a * data["y"])) - 0.5 * a * a * data["s"])
+
+    vg = B.compile_pure(B.value_and_grad(density))
+    for scale in (1.0, 2.0, 1.0):   # new data of the same shape must not reuse frozen values
+        v, g = vg(xb, {"y": yb, "s": B.asarray(scale)})
+        _expect(B, v, np.sum(np.log1p(np.exp(x * y)) - 0.5 * scale * x * x),
+                rtol=4 * _rtol(B, VALUE_RTOL), what="compile_pure value")
+        _expect_grad(B, g, y / (1 + np.exp(-x * y)) - scale * x, table=GRAD_RTOL,
+                     what="compile_pure gradient")
+    jr = B.compile_pure(lambda a, n: B.sum(B.reshape(a, (n, -1)), axis=1))
+    mb, m = _pair(B, np.arange(6.0))
+    _expect(B, jr(mb, 2), m.reshape(2, -1).sum(1), what="compile_pure, a static int")
+    if not B.compiles_control_flow:   # eager frameworks run untraceable functions as they are
+        branchy = B.compile_pure(lambda a: a * 2.0 if float(B.sum(a)) > 0 else a * -3.0)
+        _expect(B, branchy(xb), x * 2.0, what="compile_pure with Python control flow")
+        _expect(B, branchy(-xb), x * 3.0, what="compile_pure with Python control flow, other "
+                "branch")
+        k = B.key(0)
+        drawn = B.compile_pure(lambda a: a + B.normal(k, (3,)))
+        _expect(B, drawn(xb) - drawn(xb), np.zeros(3), what="compile_pure with a random draw")
+
+
 @_register("vmap")
 def check_vmap(B):
     rng = _rng(30)

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 from ...backends import get_backend
 
-__all__ = ["IntegratorState", "Integrator", "logdensity_and_grad_fn", "velocity_verlet"]
+__all__ = ["BoundLogDensity", "CompiledLogDensity", "IntegratorState", "Integrator",
+           "logdensity_and_grad_fn", "velocity_verlet"]
 
 
 class IntegratorState(NamedTuple):
@@ -67,6 +68,68 @@ class Integrator(NamedTuple):
         return self.apply(state, self.prepare(step_size))
 
 
+class CompiledLogDensity:
+    """A log density with data, ``fn(x, args)``, whose gradients compile once for many data.
+
+    Samplers build their kernels again for each block of transitions with the data bound
+    (:meth:`bind`); the value-and-gradient functions are made once here, with the data as an
+    input, so an eager framework that traces them (``B.compile_pure``: torch) traces once per
+    shape of the inputs, not once per block, and never freezes the data into a graph.
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(x, args) -> scalar`` for one point ``x`` of shape (d,) and ``args`` a pytree of
+        Arrays and Python scalars (the data), written with the active backend's operations.
+    """
+
+    def __init__(self, fn: Callable):
+        B = get_backend()
+        self.fn = fn
+        # a compiling backend compiles the whole kernel around these; nothing to add there
+        compile_ = (lambda f: f) if B.compiles_control_flow else B.compile_pure
+
+        def summed(position, args):
+            values = B.vmap(fn, in_axes=(0, None))(position, args)
+            return B.sum(values), values
+
+        self.value_and_grad_one = compile_(B.value_and_grad(fn))
+        self.value_and_grad_batched = compile_(B.value_and_grad(summed, has_aux=True))
+
+    def bind(self, args) -> BoundLogDensity:
+        """The one-point log density ``x -> fn(x, args)`` (a :class:`BoundLogDensity`)."""
+        return BoundLogDensity(self, args)
+
+
+class BoundLogDensity:
+    """``x -> fn(x, args)`` of a :class:`CompiledLogDensity`, with its compiled gradients.
+
+    Calling it gives the log density of one point ``x`` (d,); :func:`logdensity_and_grad_fn`
+    and the NUTS kernel use :meth:`value_and_grad_one` and :meth:`value_and_grad` instead of
+    differentiating it again.
+    """
+
+    def __init__(self, compiled: CompiledLogDensity, args):
+        self.compiled, self.args = compiled, args
+
+    def __call__(self, x):
+        return self.compiled.fn(x, self.args)
+
+    def value_and_grad_one(self, x):
+        """``(logdensity (), grad (d,))`` at one point ``x`` (d,)."""
+        return self.compiled.value_and_grad_one(x, self.args)
+
+    def value_and_grad(self, position):
+        """``(logdensity (C,), grad (C, d))`` at ``position`` (C, d), as
+        :func:`logdensity_and_grad_fn` computes them."""
+        B = get_backend()
+        if B.shape(position)[0] == 1:
+            logdensity, grad = self.value_and_grad_one(position[0])
+            return B.reshape(logdensity, (1,)), grad[None]
+        (_, logdensity), grad = self.compiled.value_and_grad_batched(position, self.args)
+        return logdensity, grad
+
+
 def logdensity_and_grad_fn(logdensity_fn: Callable) -> Callable:
     """Batch a one-point log density over chains, with its gradient.
 
@@ -85,8 +148,11 @@ def logdensity_and_grad_fn(logdensity_fn: Callable) -> Callable:
         of the sum over chains of the vmapped density (chains are independent, so row ``c`` of
         that gradient is chain ``c``'s): one reverse pass for all chains, which eager torch
         runs with plain autograd (about half the cost of ``vmap(value_and_grad)`` through
-        torch.func) and JAX compiles to the same program.
+        torch.func) and JAX compiles to the same program. A :class:`BoundLogDensity` gives its
+        own compiled function.
     """
+    if isinstance(logdensity_fn, BoundLogDensity):
+        return logdensity_fn.value_and_grad
     B = get_backend()
     value_and_grad = B.value_and_grad(logdensity_fn)
     vmapped = B.vmap(logdensity_fn)

@@ -68,7 +68,12 @@ import numpy as np
 
 from ...backends import get_backend
 from .hmc import HMCState, _per_chain, init
-from .integrators import IntegratorState, logdensity_and_grad_fn, velocity_verlet
+from .integrators import (
+    BoundLogDensity,
+    IntegratorState,
+    logdensity_and_grad_fn,
+    velocity_verlet,
+)
 from .metrics import gaussian_euclidean
 from .proposal import progressive_biased_sampling, progressive_uniform_sampling, select
 from .termination import (
@@ -326,7 +331,9 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
     # eager backends run each chain with Python control flow on host NumPy vectors, gradients
     # batched over chains (same algorithm, noise and results; see _eager_chains)
     eager = not B.compiles_control_flow and integrator is velocity_verlet
-    value_and_grad_one = B.value_and_grad(logdensity_fn)
+    value_and_grad_one = (logdensity_fn.value_and_grad_one
+                          if isinstance(logdensity_fn, BoundLogDensity)
+                          else B.value_and_grad(logdensity_fn))
     max_depth = max_tree_depth
     neg_inf, inf = -math.inf, math.inf
     bool_dtype = B.dtype("bool")

@@ -57,7 +57,7 @@ from .adaptation import (
 )
 from .diagnostics import format_summary
 from .hmc import HMCState
-from .integrators import logdensity_and_grad_fn
+from .integrators import CompiledLogDensity, logdensity_and_grad_fn
 
 __all__ = ["HMC", "MCMC", "MCMCState", "NUTS"]
 
@@ -747,24 +747,30 @@ def _nonfinite_message(B, logdensity, structure, x, value, grad, chain, tries) -
 
 
 # --------------------------------------------------------------------------- compiled pieces
-def _flat_logdensity(logdensity_fn, B, structure, args):
-    """The log density of one flat point ``x`` (d,): ``logdensity_fn(unravel(x), *args)``."""
-    def flat(x):
+def _flat_logdensity(logdensity_fn, B, structure):
+    """The log density of one flat point ``x`` (d,) with the data ``args``,
+    ``logdensity_fn(unravel(x), *args)``, as a :class:`CompiledLogDensity` (bind the data with
+    ``.bind(args)``)."""
+    def flat(x, args):
         return logdensity_fn(structure.unravel(B, x), *args)
 
-    return flat
+    return CompiledLogDensity(flat)
 
 
 def _build_init(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
+    target = _flat_logdensity(logdensity_fn, B, structure)
+
     def init(position, args):
-        return hmc_module.init(position, _flat_logdensity(logdensity_fn, B, structure, args))
+        return hmc_module.init(position, target.bind(args))
 
     return init
 
 
 def _build_warmup_init(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
+    target = _flat_logdensity(logdensity_fn, B, structure)
+
     def warmup_init(keys, state, step_size, inverse_mass_matrix, args):
-        ldg = logdensity_and_grad_fn(_flat_logdensity(logdensity_fn, B, structure, args))
+        ldg = logdensity_and_grad_fn(target.bind(args))
         eps = find_reasonable_step_size(keys, state, None, inverse_mass_matrix, step_size,
                                         logdensity_and_grad=ldg)
         if not kernel.adapt_per_chain:
@@ -811,8 +817,10 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
         # eager: host keys, hashed on the host (no framework arrays in between)
         return _fold_host(B, B.key_data(keys), t)
 
+    target = _flat_logdensity(logdensity_fn, B, structure)
+
     def chunk(carry, xs, args):
-        logdensity = _flat_logdensity(logdensity_fn, B, structure, args)
+        logdensity = target.bind(args)
         transition = kernel._transition(logdensity, warmup=False)
         if separate_warmup_kernel:
             warmup_transition = kernel._transition(logdensity, warmup=True)
@@ -1643,7 +1651,7 @@ class MCMC:
                                else B.asarray(new, dtype=B.dtype_of(init_flat)))
             if redrawn is None:
                 c = int(np.argmax(bad))
-                logdensity = _flat_logdensity(self._target_fn, B, structure, args)
+                logdensity = _flat_logdensity(self._target_fn, B, structure).bind(args)
                 raise ValueError(_nonfinite_message(B, logdensity, structure,
                                                     B.to_numpy(position)[c], ld[c], grad[c],
                                                     chains[c], tries))
