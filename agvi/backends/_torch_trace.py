@@ -32,7 +32,7 @@ import optree
 import torch
 from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
 
-__all__ = ["TracedFunction", "Untraceable", "check_not_tracing"]
+__all__ = ["TracedFunction", "Untraceable", "check_not_tracing", "tracing"]
 
 _STATE = threading.local()
 _STATIC = (bool, int, float, complex, str, type(None))
@@ -40,6 +40,12 @@ _STATIC = (bool, int, float, complex, str, type(None))
 
 class Untraceable(RuntimeError):
     """Raised inside a trace by what cannot be recorded (a random draw from a host key)."""
+
+
+def tracing() -> bool:
+    """Whether a :class:`TracedFunction` is tracing on this thread (random primitives given a
+    tensor key then record their custom operators instead of drawing)."""
+    return getattr(_STATE, "tracing", False)
 
 
 def check_not_tracing(what: str) -> None:
@@ -67,10 +73,17 @@ def _signature(args):
     return tensors, tuple(key)
 
 
-def _agree(a, b) -> bool:
-    return all(x.shape == y.shape and x.dtype == y.dtype
-               and torch.allclose(x, y, rtol=1e-9, atol=1e-12, equal_nan=True)
-               for x, y in zip(a, b))
+def _agree(got, want) -> bool:
+    """Whether a traced graph's outputs equal the eager ones (host keys come out of the graph
+    as int64 tensors)."""
+    if len(got) != len(want):
+        return False
+    for x, y in zip(got, want):
+        y = torch.as_tensor(y).to(x.dtype)
+        if x.shape != y.shape or not torch.allclose(x, y, rtol=1e-9, atol=1e-12,
+                                                    equal_nan=True):
+            return False
+    return True
 
 
 class TracedFunction:
@@ -83,10 +96,15 @@ class TracedFunction:
         no random draws, no side effects, no Python control flow on tensor values (such
         functions still work: they run eagerly).
 
-    Calls whose tensors carry derivatives, run inside a ``torch.func`` transform, or hold
-    leaves other than tensors and Python scalars run ``fun`` eagerly. Python scalars are part
-    of the signature (a new value traces again).
+    The first call with a signature runs ``fun`` eagerly, the second traces it. Calls whose
+    tensors carry derivatives, run inside a ``torch.func`` transform, or hold leaves other than
+    tensors and Python scalars run ``fun`` eagerly. Python scalars are part of the signature (a
+    new value traces again); beyond :attr:`max_signatures` signatures, calls run eagerly.
     """
+
+    #: Signatures traced at most; calls with others run eagerly (a Python scalar that changes
+    #: every call would otherwise trace every call).
+    max_signatures = 8
 
     def __init__(self, fun):
         self.fun = fun
@@ -99,18 +117,30 @@ class TracedFunction:
         if sig is None:
             return self.fun(*args)
         tensors, key = sig
-        if key not in self._graphs:
-            self._graphs[key] = self._trace(args, tensors, key[0])
-        entry = self._graphs[key]
+        entry = self._graphs.get(key, False)
+        if entry is False:
+            # the first call of a signature runs eagerly (a one-off call never pays for a
+            # trace); the second traces
+            if len(self._graphs) >= self.max_signatures:
+                return self.fun(*args)
+            self._graphs[key] = entry = ("eager once",)
+            return self.fun(*args)
+        if entry is not None and len(entry) == 1:
+            self._graphs[key] = entry = self._trace(args, tensors, key[0])
         if entry is None:
             return self.fun(*args)
-        graph, out_def = entry   # no inputs carry derivatives: no autograd graph is built
-        return optree.tree_unflatten(out_def, list(graph(*tensors)))
+        graph, (out_def, consts) = entry   # no input carries derivatives: no autograd graph
+        out = graph(*tensors)
+        if consts:
+            out = list(out)
+            for i, c in consts.items():
+                out.insert(i, c)
+        return optree.tree_unflatten(out_def, list(out))
 
     @property
     def num_traced(self) -> int:
         """Number of input signatures run through a traced graph."""
-        return sum(entry is not None for entry in self._graphs.values())
+        return sum(entry is not None and len(entry) == 2 for entry in self._graphs.values())
 
     def _trace(self, args, tensors, treedef):
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -125,10 +155,12 @@ class TracedFunction:
                 full[i] = t
             out, out_def = optree.tree_flatten(self.fun(*optree.tree_unflatten(treedef, full)),
                                                none_is_leaf=True)
-            if not all(isinstance(o, torch.Tensor) for o in out):
-                raise Untraceable("outputs must be tensors")
-            out_box.append(out_def)
-            return tuple(out)
+            # Python scalars among the outputs depend on the signature only: constants
+            consts = {i: o for i, o in enumerate(out) if isinstance(o, _STATIC)}
+            if len(consts) + sum(isinstance(o, torch.Tensor) for o in out) != len(out):
+                raise Untraceable("outputs must be tensors or Python scalars")
+            out_box.append((out_def, consts))
+            return tuple(o for o in out if isinstance(o, torch.Tensor))
 
         _STATE.tracing = True
         try:
@@ -146,5 +178,6 @@ class TracedFunction:
             graph = gm
         with torch.no_grad():
             got = graph(*tensors)
-        want = optree.tree_leaves(self.fun(*args), none_is_leaf=True)
+        want = [w for w in optree.tree_leaves(self.fun(*args), none_is_leaf=True)
+                if not isinstance(w, _STATIC)]
         return (graph, out_box[-1]) if _agree(got, want) else None

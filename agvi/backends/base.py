@@ -178,6 +178,8 @@ class Backend:
     has_vmap = False
     supports_forward_mode = False
     compiles_control_flow = False
+    #: :meth:`compile_pure` compiles (JAX, torch); otherwise it returns the function unchanged.
+    compiles_pure = False
     #: Arrays can be written in place (:meth:`assign_` mutates; torch).
     has_mutable_arrays = False
     #: Extra that installs the framework (used in error messages).

@@ -159,6 +159,7 @@ class JaxBackend(Backend):
     has_vmap = True
     supports_forward_mode = True
     compiles_control_flow = True
+    compiles_pure = True
 
     def __init__(self, precision=None, device=None):
         self._check_precision(precision)

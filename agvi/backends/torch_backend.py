@@ -88,7 +88,7 @@ from torch._C import _functorch as _fc
 from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
 
 from . import host_random
-from ._torch_trace import TracedFunction, check_not_tracing
+from ._torch_trace import TracedFunction, check_not_tracing, tracing
 from .base import RANDOM_PRIMITIVES as _RANDOM_PRIMITIVES
 from .base import Backend, FInfo
 
@@ -120,6 +120,13 @@ _TENSOR_ONLY = ("maximum", "minimum", "arctan2", "logaddexp", "equal", "not_equa
 # --------------------------------------------------------------------------- functorch helpers
 def _is_wrapped(x) -> bool:
     return _fc.is_functorch_wrapped_tensor(x)
+
+
+def _unwrapped(x):
+    """``x`` without its ``torch.func`` wrappers (call under ``_DisableFuncTorch``)."""
+    while _is_wrapped(x):
+        x = _fc.get_unwrapped(x)
+    return x
 
 
 class _BatchedHostError(RuntimeError):
@@ -446,12 +453,18 @@ def _host_operator(name, host):
 
     schema = f"(Tensor key, {_HOST_OPERATORS[name][0]}, ScalarType dtype) -> Tensor"
     op = torch.library.custom_op(f"agvi::host_{name}", impl, mutates_args=(), schema=schema)
+    op.register_fake(_fake_draw(host, stacked=False))
 
     def rule(info, in_dims, *args):
         *args, dtype = args
         mapped = [isinstance(a, _Tensor) and d is not None
                   for a, d in zip(args, in_dims, strict=False)]
         args = [a.movedim(d, 0) if m else a for a, d, m in zip(args, in_dims, mapped, strict=False)]
+        if tracing():   # fake tensors have no values: record the draws instead
+            if mapped[0] and not any(mapped[1:]):
+                return _traced_operator(name, stacked=True)(*args, dtype), 0
+            return torch.stack([op(*_pick(args, mapped, i), dtype)
+                                for i in range(info.batch_size)]), 0
         try:
             vals = [_host_value(a) if isinstance(a, _Tensor) else a for a in args]
         except _BatchedHostError:  # batched by an enclosing vmap too: one call per example
@@ -466,6 +479,54 @@ def _host_operator(name, host):
         return torch.from_numpy(out).to(dtype), 0
 
     op.register_vmap(rule)
+    return op
+
+
+def _fake_draw(host, stacked):
+    """The shape function of a host operator (for tracing on fake tensors): the host function
+    run once on a fixed key and parameters of ones of the same shapes."""
+    def fake(key, *args):
+        *args, dtype = args
+        vals = [np.ones(tuple(a.shape)) if isinstance(a, _Tensor) else a for a in args]
+        shape = np.shape(host(host_random.key(0), *vals))
+        return key.new_empty(((key.shape[0],) if stacked else ()) + shape, dtype=dtype)
+
+    return fake
+
+
+_TRACE_LIBRARY: list = []
+
+
+def _traced_operator(name, stacked):
+    """``agvi::traced_<name>(key, ...)`` (``stacked``: ``agvi::traced_stack_<name>(keys (n, 2),
+    ...)``, the draws of every key of a stack, :func:`_host_stack`): what a graph traced by
+    :meth:`TorchBackend.compile_pure` records for a draw. Plain CPU kernels with a shape
+    function, registered through ``torch.library.Library``: a call costs about 10 us, against
+    15 us through ``custom_op``'s autograd and compiler wrappers (keys need neither)."""
+    op_name = f"traced_{'stack_' if stacked else ''}{name}"
+    op = _OPERATORS.get(op_name)
+    if op is not None:
+        return op
+    host = _HOST_OPERATORS[name][1]
+
+    def impl(key, *args):
+        *args, dtype = args
+        vals = [a.detach().numpy() if isinstance(a, _Tensor) else a for a in args]
+        key = host_random.as_key(key.detach().numpy())
+        out = _host_stack(name, key, vals) if stacked else host(key, *vals)
+        return torch.from_numpy(np.asarray(out)).to(dtype)
+
+    with _OPERATORS_LOCK:
+        op = _OPERATORS.get(op_name)
+        if op is None:
+            if not _TRACE_LIBRARY:
+                _TRACE_LIBRARY.append(torch.library.Library("agvi", "FRAGMENT"))
+            lib = _TRACE_LIBRARY[0]
+            lib.define(f"{op_name}(Tensor key, {_HOST_OPERATORS[name][0]}, ScalarType dtype) "
+                       "-> Tensor")
+            lib.impl(op_name, impl, "CPU")
+            torch.library.register_fake(f"agvi::{op_name}", _fake_draw(host, stacked), lib=lib)
+            op = _OPERATORS[op_name] = getattr(torch.ops.agvi, op_name).default
     return op
 
 
@@ -543,6 +604,7 @@ class TorchBackend(Backend):
     has_vmap = True
     supports_forward_mode = True
     compiles_control_flow = False
+    compiles_pure = True
 
     def __init__(self, precision=None, device=None):
         self._check_precision(precision)
@@ -1230,8 +1292,10 @@ class TorchBackend(Backend):
 
     def _batched_draw(self, key, *params) -> bool:
         """Whether a CPU draw has its key or an array parameter batched by ``vmap`` (see
-        :meth:`vmap`); it is then drawn by :meth:`_batched_host`."""
-        return self._cpu and (_batched(key) or any(_batched(p) for p in params))
+        :meth:`vmap`), or a tensor key while :meth:`compile_pure` traces; it is then drawn by
+        :meth:`_batched_host` (through the custom operators, which a trace records)."""
+        return self._cpu and (_batched(key) or any(_batched(p) for p in params)
+                              or (isinstance(key, _Tensor) and tracing()))
 
     @staticmethod
     def _batched_host(name, key, params, static, dtype):
@@ -1249,13 +1313,21 @@ class TorchBackend(Backend):
                 and not _is_wrapped(_fc.get_unwrapped(key))
                 and not any(_batched(p) for p in params)):
             level, bdim = _fc.maybe_get_level(key), _fc.maybe_get_bdim(key)
-            vals = [_host_value(p) for p in params]
             with torch._C._DisableFuncTorch():
-                keys = host_random.as_key(_fc.get_unwrapped(key).movedim(bdim, 0).numpy())
-                out = torch.from_numpy(_host_stack(name, keys, (*vals, *static))).to(dtype)
+                keys = _fc.get_unwrapped(key).movedim(bdim, 0)
+                if tracing():
+                    out = _traced_operator(name, stacked=True)(
+                        keys, *(_unwrapped(p).detach() for p in params), *static, dtype)
+                else:
+                    vals = [_host_value(p) for p in params]
+                    keys = host_random.as_key(keys.numpy())
+                    out = torch.from_numpy(_host_stack(name, keys, (*vals, *static))).to(dtype)
             return _fc._add_batch_dim(out, 0, level)
         if not isinstance(key, _Tensor):
             key = torch.from_numpy(host_random.as_key(key).astype(np.int64))
+        if tracing() and not _is_wrapped(key) and not any(_is_wrapped(p) for p in params):
+            return _traced_operator(name, stacked=False)(key, *(p.detach() for p in params),
+                                                         *static, dtype)
         return _operator(name)(key, *(p.detach() for p in params), *static, dtype)
 
     def key(self, seed):

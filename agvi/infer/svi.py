@@ -8,7 +8,11 @@ Backends: gradients come from ``B.value_and_grad`` (reverse mode) or ``B.jacobia
 mode="forward")`` on every backend. Where the backend compiles (``B.has_jit``, JAX) ``update``
 is jitted once per SVI object and ``run`` compiles a ``B.scan`` over a chunk of steps (so the
 progress bar moves between chunks); the compiled functions are cached on the SVI object, so a
-second ``run`` with the same chunk length does not recompile. Elsewhere ``run`` is a Python loop.
+second ``run`` with the same chunk length does not recompile. Elsewhere ``run`` is a Python loop;
+on torch (``B.compiles_pure``) its step is traced into a graph on its second call
+(``B.compile_pure``, the key entering as an int64 tensor so that the graph records the draws),
+so, as under ``jax.jit``, Python side effects of the model, guide and loss happen only while
+tracing; a step that cannot be traced runs eagerly.
 
 References
 ----------
@@ -28,6 +32,22 @@ from ..handlers.handlers import replay, seed, substitute, trace
 from .progress import progress_bar as make_progress_bar
 
 __all__ = ["SVI", "SVIRunResult", "SVIState"]
+
+
+def _array_key_step(B, step):
+    """``step(state, args, kwargs)`` with the host key of ``state`` passed as an int64 Array
+    (which every random primitive accepts, and a traced graph takes as an input) and given
+    back as a host key."""
+    def call(state, args, kwargs):
+        key = state.rng_key
+        if isinstance(key, np.ndarray):
+            state = state._replace(rng_key=B.asarray(key.astype(np.int64), dtype=B.int_dtype))
+        state, loss = step(state, args, kwargs)
+        if B.is_array(state.rng_key):
+            state = state._replace(rng_key=B.to_numpy(state.rng_key).astype(np.uint32))
+        return state, loss
+
+    return call
 
 
 class SVIState(NamedTuple):
@@ -244,10 +264,22 @@ class SVI:
         return SVIState(new_opt, new_loss_state, rng_key, skipped), loss
 
     def _compiled_step(self, stable, forward_mode):
+        """The step, compiled: ``B.jit`` on JAX; on torch a traced graph (``B.compile_pure``),
+        the key entering as an int64 array so that the graph records its draws."""
         k = ("step", stable, forward_mode)
         if k not in self._jit_cache:
-            self._jit_cache[k] = self.B.jit(
-                lambda s, a, kw: self._step(s, a, kw, stable, forward_mode))
+            B = self.B
+
+            def step(s, a, kw):
+                return self._step(s, a, kw, stable, forward_mode)
+
+            if B.has_jit:
+                fn = B.jit(step)
+            elif B.compiles_pure:
+                fn = _array_key_step(B, B.compile_pure(step))
+            else:
+                fn = step
+            self._jit_cache[k] = fn
         return self._jit_cache[k]
 
     def _check_init(self):
@@ -389,8 +421,9 @@ class SVI:
                 all_losses = B.concatenate(losses, axis=0)
             else:
                 every = max(1, num_steps // num_chunks)
+                step = self._compiled_step(bool(stable_update), fwd)
                 for i in range(num_steps):
-                    state, loss = self._step(state, args, kw, stable_update, fwd)
+                    state, loss = step(state, args, kw)
                     losses.append(loss)
                     if bar is not None:
                         bar.update(1)
