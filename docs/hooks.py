@@ -31,6 +31,8 @@ FLAGS = {
                              "passes)",
     "compiles_control_flow": "`cond` / `while_loop` / `scan` are traced into a compiled program",
     "has_mutable_arrays": "`assign_` writes in place (borch-style steps mutate parameters)",
+    "compiles_pure": "`compile_pure` compiles a pure function (JAX: `jit`; torch: a traced "
+                     "graph per input signature)",
 }
 
 _GROUP_TEXT = {

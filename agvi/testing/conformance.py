@@ -227,6 +227,7 @@ class CapabilityRow(NamedTuple):
     supports_forward_mode: bool
     compiles_control_flow: bool
     has_mutable_arrays: bool
+    compiles_pure: bool
 
 
 def capability_table() -> list:
@@ -246,18 +247,18 @@ def capability_table() -> list:
             continue
         rows.append(CapabilityRow(name, bool(B.has_jit), bool(B.has_vmap),
                                   bool(B.supports_forward_mode), bool(B.compiles_control_flow),
-                                  bool(B.has_mutable_arrays)))
+                                  bool(B.has_mutable_arrays), bool(B.compiles_pure)))
     return rows
 
 
 def capability_markdown() -> str:
     """:func:`capability_table` as a Markdown table (a string)."""
-    head = ("| backend | jit | vmap | forward mode | compiled control flow | mutable arrays |\n"
-            "|---|---|---|---|---|---|")
+    head = ("| backend | jit | vmap | forward mode | compiled control flow | mutable arrays "
+            "| compiled pure functions |\n|---|---|---|---|---|---|---|")
     mark = {True: "yes", False: "no"}
     body = [f"| {r.backend} | {mark[r.has_jit]} | {mark[r.has_vmap]} | "
             f"{mark[r.supports_forward_mode]} | {mark[r.compiles_control_flow]} | "
-            f"{mark[r.has_mutable_arrays]} |"
+            f"{mark[r.has_mutable_arrays]} | {mark[r.compiles_pure]} |"
             for r in capability_table()]
     return "\n".join([head, *body])
 
