@@ -245,6 +245,8 @@ def uniform(k, shape, dtype=np.float64, minval=0.0, maxval=1.0) -> np.ndarray:
     such as ``-log1p(-u)`` stay finite.
     """
     u = _keyed(k).random(tuple(shape))
+    if minval == 0.0 and maxval == 1.0 and np.dtype(dtype) == np.float64:
+        return np.asarray(u)   # what the general case computes, bit for bit (u < 1)
     out = np.asarray(minval + (maxval - minval) * u, dtype=dtype)
     hi = np.asarray(maxval, dtype=dtype)
     below = np.nextafter(hi, np.asarray(minval, dtype=dtype))

@@ -342,13 +342,13 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
         position = state.position
         num_chains, dim = B.shape(position)
         dtype = B.dtype_of(position)
-        batched = num_chains > 1
-        pick = _picker(B, num_chains)
-        metric = gaussian_euclidean(inverse_mass_matrix)
         step_size = _per_chain(B, step_size, num_chains, dtype)
         if eager:
             return _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
-                                 metric, noise, max_depth, delta_energy_max)
+                                 inverse_mass_matrix, noise, max_depth, delta_energy_max)
+        batched = num_chains > 1
+        pick = _picker(B, num_chains)
+        metric = gaussian_euclidean(inverse_mass_matrix)
         head, tail = _leaf_split(max_depth)
         if noise is None:   # draw_noise's numbers, the leaf tail drawn when first needed
             z, u = _per_chain_draw(
@@ -665,25 +665,32 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
                               num_nonfinite)
 
 
-def _host_noise(B, keys, dim, dtype, metric, max_depth):
-    """:func:`draw_noise`'s numbers drawn chain by chain (no ``map``), for the eager path:
-    ``(momentum (C, d) Array, uniforms (C, 2D + 2**(D-1)) host array)``."""
+def _host_noise(B, keys, dim, dtype, imm, max_depth):
+    """:func:`draw_noise`'s numbers drawn chain by chain (no ``map``), for the eager path, as
+    host arrays: ``(momentum (C, d), uniforms (C, 2D + 2**(D-1)))``; the momentum is
+    ``metric.momentum_from_normal`` of :func:`~.metrics.gaussian_euclidean` computed on the
+    host inverse mass matrix ``imm`` (C, d) or (C, d, d)."""
     tail = _leaf_split(max_depth)[1]
     host = B.to_numpy
     z, u = [], []
     for c in range(B.shape(keys)[0]):
         keys3 = B.split(keys[c], 3)   # once: a split costs as much as a draw on the host
         z_c, u_c = _draw_one(B, keys3, dim, dtype, max_depth)
-        z.append(z_c)
+        z.append(host(z_c))
         u.append(host(u_c))
         if tail:
             u.append(host(_tail_one(B, keys3, dtype, max_depth)))
+    z = np.stack(z)
     u = np.concatenate(u).reshape(len(z), -1)
-    return metric.momentum_from_normal(B.stack(z)), u
+    if imm.ndim == 2:
+        return z / np.sqrt(imm), u
+    # dense: p = L^{-T} z with M^{-1} = L L^T, as the metric draws it
+    chol = np.linalg.cholesky(imm)
+    return np.linalg.solve(np.swapaxes(chol, -1, -2), z[..., None])[..., 0], u
 
 
-def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size, metric, noise,
-                  max_depth, delta_energy_max):
+def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
+                  inverse_mass_matrix, noise, max_depth, delta_energy_max):
     """The NUTS transition of :func:`build_kernel` on an eager backend, C chains.
 
     Each chain runs :func:`_one_chain` (the same algorithm, consuming the same noise in the same
@@ -697,18 +704,18 @@ def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
     num_chains, dim = B.shape(state.position)
     dtype = B.dtype_of(state.position)
     host = B.to_numpy
+    imm = host(inverse_mass_matrix)
     if noise is None:   # the draws of draw_noise, chain by chain from its own key
-        momentum, u = _host_noise(B, keys, dim, dtype, metric, max_depth)
+        momentum_host, u = _host_noise(B, keys, dim, dtype, imm, max_depth)
         going_right = u[:, :max_depth] < 0.5
         u_subtree, u_leaf = u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:]
     else:
-        momentum = noise.momentum
+        momentum_host = host(noise.momentum)
         going_right = host(noise.going_right)
         u_subtree, u_leaf = host(noise.u_subtree), host(noise.u_leaf)
     eps = host(step_size).tolist()
-    imm = host(metric.inverse_mass_matrix)
     position, logdensity = host(state.position), host(state.logdensity).tolist()
-    grad, momentum_host = host(state.logdensity_grad), host(momentum)
+    grad = host(state.logdensity_grad)
     chains = {c: _one_chain(position[c], logdensity[c], grad[c], momentum_host[c],
                             going_right[c].tolist(), u_subtree[c].tolist(), u_leaf[c].tolist(),
                             eps[c], imm[c], max_depth, delta_energy_max)
@@ -739,13 +746,13 @@ def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
     x, ld, g, energy, info = zip(*results)
     diverging, turning, depth, num_steps, accept, nonfinite = zip(*info)
     # four conversions in all (each costs a few microseconds on an eager framework)
-    vectors = B.asarray(np.stack([np.stack(x), np.stack(g)]), dtype=dtype)        # (2, C, d)
+    vectors = B.asarray(np.stack([np.stack(x), np.stack(g), momentum_host]), dtype=dtype)
     floats = B.asarray(np.array([ld, energy, accept]), dtype=dtype)               # (3, C)
     ints = B.asarray(np.array([depth, num_steps, nonfinite]), dtype=B.int_dtype)  # (3, C)
     flags = B.asarray(np.array([diverging, turning]), dtype=B.dtype("bool"))      # (2, C)
     new_state = HMCState(vectors[0], floats[0], vectors[1])
     info = NUTSInfo(
-        momentum=momentum, is_divergent=flags[0], is_turning=flags[1], energy=floats[1],
+        momentum=vectors[2], is_divergent=flags[0], is_turning=flags[1], energy=floats[1],
         num_trajectory_expansions=ints[0], num_integration_steps=ints[1],
         acceptance_rate=floats[2], num_nonfinite=ints[2])
     return new_state, info
