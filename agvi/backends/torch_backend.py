@@ -442,17 +442,28 @@ def _pick(values, mapped, i):
     return [v[i] if m else v for v, m in zip(values, mapped, strict=True)]
 
 
-def _host_operator(name, host):
-    """The custom operator ``agvi::host_<name>`` running ``host`` (see above), with its
-    vmap rule."""
+def _host_kernel(name, stacked=False):
+    """The CPU kernel of the host operators of primitive ``name``: its draws from ``key``
+    ((2,) int64), or (``stacked``) from every key of ``key`` ((n, 2)), stacked
+    (:func:`_host_stack`)."""
+    host = _HOST_OPERATORS[name][1]
+
     def impl(key, *args):
         *args, dtype = args
         vals = [a.detach().numpy() if isinstance(a, _Tensor) else a for a in args]
-        out = np.asarray(host(host_random.as_key(key.detach().numpy()), *vals))
-        return torch.from_numpy(out).to(dtype)
+        key = host_random.as_key(key.detach().numpy())
+        out = _host_stack(name, key, vals) if stacked else host(key, *vals)
+        return torch.from_numpy(np.asarray(out)).to(dtype)
 
+    return impl
+
+
+def _host_operator(name, host):
+    """The custom operator ``agvi::host_<name>`` running ``host`` (see above), with its
+    vmap rule."""
     schema = f"(Tensor key, {_HOST_OPERATORS[name][0]}, ScalarType dtype) -> Tensor"
-    op = torch.library.custom_op(f"agvi::host_{name}", impl, mutates_args=(), schema=schema)
+    op = torch.library.custom_op(f"agvi::host_{name}", _host_kernel(name), mutates_args=(),
+                                 schema=schema)
     op.register_fake(_fake_draw(host, stacked=False))
 
     def rule(info, in_dims, *args):
@@ -507,15 +518,6 @@ def _traced_operator(name, stacked):
     op = _OPERATORS.get(op_name)
     if op is not None:
         return op
-    host = _HOST_OPERATORS[name][1]
-
-    def impl(key, *args):
-        *args, dtype = args
-        vals = [a.detach().numpy() if isinstance(a, _Tensor) else a for a in args]
-        key = host_random.as_key(key.detach().numpy())
-        out = _host_stack(name, key, vals) if stacked else host(key, *vals)
-        return torch.from_numpy(np.asarray(out)).to(dtype)
-
     with _OPERATORS_LOCK:
         op = _OPERATORS.get(op_name)
         if op is None:
@@ -524,8 +526,9 @@ def _traced_operator(name, stacked):
             lib = _TRACE_LIBRARY[0]
             lib.define(f"{op_name}(Tensor key, {_HOST_OPERATORS[name][0]}, ScalarType dtype) "
                        "-> Tensor")
-            lib.impl(op_name, impl, "CPU")
-            torch.library.register_fake(f"agvi::{op_name}", _fake_draw(host, stacked), lib=lib)
+            lib.impl(op_name, _host_kernel(name, stacked), "CPU")
+            torch.library.register_fake(f"agvi::{op_name}",
+                                        _fake_draw(_HOST_OPERATORS[name][1], stacked), lib=lib)
             op = _OPERATORS[op_name] = getattr(torch.ops.agvi, op_name).default
     return op
 
