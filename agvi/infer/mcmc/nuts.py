@@ -665,28 +665,49 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
                               num_nonfinite)
 
 
+class _LeafUniforms:
+    """One chain's leaf uniforms on the eager path: the head drawn with the transition, the
+    tail (leaves 32 and up, from the chain's third key) drawn on first use, as the compiled
+    kernel does; indexed like the list of all ``2**(D-1)``."""
+
+    __slots__ = ("head", "num_head", "draw_tail", "tail")
+
+    def __init__(self, head, draw_tail):
+        self.head, self.num_head, self.draw_tail, self.tail = head, len(head), draw_tail, None
+
+    def __getitem__(self, n):
+        if n < self.num_head:
+            return self.head[n]
+        if self.tail is None:
+            self.tail = self.draw_tail()
+        return self.tail[n - self.num_head]
+
+
 def _host_noise(B, keys, dim, dtype, imm, max_depth):
     """:func:`draw_noise`'s numbers drawn chain by chain (no ``map``), for the eager path, as
-    host arrays: ``(momentum (C, d), uniforms (C, 2D + 2**(D-1)))``; the momentum is
-    ``metric.momentum_from_normal`` of :func:`~.metrics.gaussian_euclidean` computed on the
-    host inverse mass matrix ``imm`` (C, d) or (C, d, d)."""
-    tail = _leaf_split(max_depth)[1]
+    host values: ``(momentum (C, d), uniforms (C, 2D + head), leaf uniforms)``, the last a
+    :class:`_LeafUniforms` per chain (the leaf uniforms beyond the head are drawn when first
+    needed). The momentum is ``metric.momentum_from_normal`` of
+    :func:`~.metrics.gaussian_euclidean` computed on the host inverse mass matrix ``imm``
+    (C, d) or (C, d, d)."""
     host = B.to_numpy
-    z, u = [], []
+    head = 2 * max_depth + _leaf_split(max_depth)[0]
+    z, u, leaves = [], [], []
     for c in range(B.shape(keys)[0]):
         keys3 = B.split(keys[c], 3)   # once: a split costs as much as a draw on the host
         z_c, u_c = _draw_one(B, keys3, dim, dtype, max_depth)
         z.append(host(z_c))
         u.append(host(u_c))
-        if tail:
-            u.append(host(_tail_one(B, keys3, dtype, max_depth)))
+        leaves.append(_LeafUniforms(
+            u[-1][2 * max_depth:head].tolist(),
+            lambda keys3=keys3: host(_tail_one(B, keys3, dtype, max_depth)).tolist()))
     z = np.stack(z)
-    u = np.concatenate(u).reshape(len(z), -1)
+    u = np.stack(u)
     if imm.ndim == 2:
-        return z / np.sqrt(imm), u
+        return z / np.sqrt(imm), u, leaves
     # dense: p = L^{-T} z with M^{-1} = L L^T, as the metric draws it
     chol = np.linalg.cholesky(imm)
-    return np.linalg.solve(np.swapaxes(chol, -1, -2), z[..., None])[..., 0], u
+    return np.linalg.solve(np.swapaxes(chol, -1, -2), z[..., None])[..., 0], u, leaves
 
 
 def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
@@ -706,18 +727,18 @@ def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
     host = B.to_numpy
     imm = host(inverse_mass_matrix)
     if noise is None:   # the draws of draw_noise, chain by chain from its own key
-        momentum_host, u = _host_noise(B, keys, dim, dtype, imm, max_depth)
+        momentum_host, u, u_leaf = _host_noise(B, keys, dim, dtype, imm, max_depth)
         going_right = u[:, :max_depth] < 0.5
-        u_subtree, u_leaf = u[:, max_depth:2 * max_depth], u[:, 2 * max_depth:]
+        u_subtree = u[:, max_depth:2 * max_depth]
     else:
         momentum_host = host(noise.momentum)
         going_right = host(noise.going_right)
-        u_subtree, u_leaf = host(noise.u_subtree), host(noise.u_leaf)
+        u_subtree, u_leaf = host(noise.u_subtree), host(noise.u_leaf).tolist()
     eps = host(step_size).tolist()
     position, logdensity = host(state.position), host(state.logdensity).tolist()
     grad = host(state.logdensity_grad)
     chains = {c: _one_chain(position[c], logdensity[c], grad[c], momentum_host[c],
-                            going_right[c].tolist(), u_subtree[c].tolist(), u_leaf[c].tolist(),
+                            going_right[c].tolist(), u_subtree[c].tolist(), u_leaf[c],
                             eps[c], imm[c], max_depth, delta_energy_max)
               for c in range(num_chains)}
     results = [None] * num_chains

@@ -191,6 +191,26 @@ def test_draws_its_noise_from_the_keys(B):
         np.testing.assert_array_equal(x, y)
 
 
+def test_deep_trees_draw_the_leaf_tail_from_the_keys(B):
+    """Trees of depth 7 and more use leaf uniforms beyond the first 32, which every kernel
+    draws from the chain's third key only when needed: the results equal those with all the
+    numbers drawn up front (and some chains must have reached that depth)."""
+    kernel = compiled(B, "isotropic", max_tree_depth=8)
+    state = hmc.init(B.asarray(0.5 * np.ones((2, 4))), isotropic(B))
+    imm, eps = B.ones((2, 4)), B.asarray([0.01, 0.02])   # tiny steps: long trajectories
+    depths = []
+    for t in range(3):
+        keys = transition_keys(B, 5, t, 2)
+        noise = draw_noise(B, keys, state.position, imm, max_tree_depth=8)
+        a = to_np(B, kernel(keys, state, eps, imm))
+        b = to_np(B, kernel(keys, state, eps, imm, noise))
+        for x, y in zip(B.tree_leaves(a), B.tree_leaves(b)):
+            np.testing.assert_array_equal(x, y)
+        depths.extend(a[1].num_trajectory_expansions.tolist())
+        state = kernel(keys, state, eps, imm)[0]
+    assert max(depths) >= 7
+
+
 def test_chain_of_a_batch_equals_a_one_chain_run(B):
     kernel = compiled(B, "gauss_holes")
     target = gauss_holes(B)
