@@ -188,3 +188,10 @@ def test_backend_info_reads_the_registry_without_importing():
     assert backend_info("numpy").requires == ("numpy", "autograd")
     with pytest.raises(ValueError, match="unknown backend 'nope'"):
         backend_info("nope")
+
+
+def test_backend_options_are_checked_by_name():
+    from agvi.backends import make_backend
+
+    with pytest.raises(ValueError, match="'numpy' backend takes no option trace"):
+        make_backend("numpy", trace=False)

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import importlib
 import importlib.util
+import inspect
 import os
 import threading
 from collections.abc import Callable
@@ -145,18 +146,23 @@ def _canonical(name: str) -> str:
     return key
 
 
-def make_backend(name: str, precision: str | None = None, device: str | None = None) -> Backend:
-    """The Backend object for ``name`` with this precision and device (one cached per triple).
+def make_backend(name: str, precision: str | None = None, device: str | None = None,
+                 **options) -> Backend:
+    """The Backend object for ``name`` with this precision, device and options (one cached per
+    combination).
+
+    ``options`` are the backend's own keyword arguments, such as torch's ``trace``
+    (:class:`~agvi.backends.torch_backend.TorchBackend`).
 
     Raises
     ------
     ValueError
-        Unknown name (the message lists the known and the installed ones), bad precision, or a
-        device that this machine lacks.
+        Unknown name (the message lists the known and the installed ones), bad precision, a
+        device that this machine lacks, or an option the backend does not take.
     ImportError
         The framework is not installed (the message names the extra: ``pip install agvi[jax]``).
     """
-    key = (_canonical(name), precision, device)
+    key = (_canonical(name), precision, device, *sorted(options.items()))
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -170,7 +176,13 @@ def make_backend(name: str, precision: str | None = None, device: str | None = N
         if isinstance(factory, str):
             module, cls = factory.split(":")
             factory = getattr(importlib.import_module(module), cls)
-        backend = factory(precision=precision, device=device)
+        accepted = inspect.signature(factory).parameters
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            known = sorted(set(accepted) - {"self", "precision", "device"})
+            raise ValueError(f"the {key[0]!r} backend takes no option {', '.join(unknown)}; "
+                             f"its options: {', '.join(known) or 'none'}")
+        backend = factory(precision=precision, device=device, **options)
         _CACHE[key] = backend
         return backend
 
@@ -180,7 +192,8 @@ _current: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
     "agvi_backend", default=None)
 
 
-def set_backend(name: str, *, precision: str | None = None, device: str | None = None) -> Backend:
+def set_backend(name: str, *, precision: str | None = None, device: str | None = None,
+                **options) -> Backend:
     """Set the process-wide default backend.
 
     Parameters
@@ -195,6 +208,10 @@ def set_backend(name: str, *, precision: str | None = None, device: str | None =
     device : str or None
         ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (torch and JAX): every array agvi creates is
         placed there.
+    **options
+        The backend's own options, e.g. ``trace=False`` for torch: run every function eagerly,
+        Python side effects included, instead of tracing the SVI step and the MCMC gradient
+        into graphs (see ``docs/backends.md``).
 
     Returns
     -------
@@ -206,7 +223,7 @@ def set_backend(name: str, *, precision: str | None = None, device: str | None =
     ValueError, ImportError
         As :func:`make_backend`.
     """
-    backend = make_backend(name, precision, device)
+    backend = make_backend(name, precision, device, **options)
     _default["backend"] = backend
     return backend
 
@@ -223,7 +240,7 @@ def get_backend() -> Backend:
 
 
 @contextlib.contextmanager
-def use_backend(name, *, precision: str | None = None, device: str | None = None):
+def use_backend(name, *, precision: str | None = None, device: str | None = None, **options):
     """Context manager: make a backend active inside the ``with`` block (this thread/task only).
 
     ``name`` is a backend name (arguments as :func:`set_backend`) or a Backend object.
@@ -232,7 +249,8 @@ def use_backend(name, *, precision: str | None = None, device: str | None = None
     ------
     Backend
     """
-    backend = name if isinstance(name, Backend) else make_backend(name, precision, device)
+    backend = (name if isinstance(name, Backend)
+               else make_backend(name, precision, device, **options))
     token = _current.set(backend)
     try:
         yield backend

@@ -587,6 +587,11 @@ class TorchBackend(Backend):
         creation call; torch's global default dtype is neither used nor changed.
     device : str, torch.device or None
         ``None`` or ``"cpu"``; ``"cuda"`` (the current CUDA device), ``"cuda:N"``, ``"mps"``.
+    trace : bool
+        :meth:`compile_pure` traces pure functions into graphs (default), which SVI uses for
+        its step and MCMC for the log density's gradient; with False everything runs eagerly
+        (Python side effects in a model, guide or loss then happen at every call, as in Pyro),
+        and ``compiles_pure`` is False.
 
     Raises
     ------
@@ -609,8 +614,11 @@ class TorchBackend(Backend):
     compiles_control_flow = False
     compiles_pure = True
 
-    def __init__(self, precision=None, device=None):
+    def __init__(self, precision=None, device=None, trace=True):
         self._check_precision(precision)
+        if not isinstance(trace, bool):
+            raise ValueError(f"trace must be True or False, got {trace!r}")
+        self.compiles_pure = trace
         dev = self._resolve_device(device)
         super().__init__(precision=precision, device=None)
         self._device = dev
@@ -1741,8 +1749,9 @@ class TorchBackend(Backend):
     def compile_pure(self, fun):
         """``fun`` traced into a graph once per input signature (shapes, dtypes, devices, Python
         scalars) and run by TorchScript: :class:`agvi.backends._torch_trace.TracedFunction`.
-        Untraceable functions, and calls with tensors that carry derivatives, run eagerly."""
-        return TracedFunction(fun)
+        Untraceable functions, and calls with tensors that carry derivatives, run eagerly;
+        with ``trace=False`` (see the class) ``fun`` itself."""
+        return TracedFunction(fun) if self.compiles_pure else fun
 
     def vmap(self, fun, in_axes=0, out_axes=0):
         """``torch.func.vmap`` with JAX's argument names (``in_axes``, ``out_axes``).

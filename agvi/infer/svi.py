@@ -12,7 +12,8 @@ second ``run`` with the same chunk length does not recompile. Elsewhere ``run`` 
 on torch (``B.compiles_pure``) its step is traced into a graph on its second call
 (``B.compile_pure``, the key entering as an int64 tensor so that the graph records the draws),
 so, as under ``jax.jit``, Python side effects of the model, guide and loss happen only while
-tracing; a step that cannot be traced runs eagerly.
+tracing; a step that cannot be traced runs eagerly, and ``set_backend("torch", trace=False)``
+runs every step eagerly.
 
 References
 ----------

@@ -361,3 +361,27 @@ def test_popcount_int64(B):
 def test_jit_is_identity_and_accepts_options(B):
     f = lambda v: v + 1  # noqa: E731
     assert B.jit(f, static_argnums=(0,), static_argnames=("a",), donate_argnums=0) is f
+
+
+def test_trace_option_turns_compile_pure_off():
+    """``trace=False`` makes ``compile_pure`` the identity (every call eager: a side effect
+    runs each time) and clears ``compiles_pure``; the default traces on the second call."""
+    eager = make_backend("torch", precision="float64", trace=False)
+    traced = make_backend("torch", precision="float64")
+    assert not eager.compiles_pure and traced.compiles_pure
+    assert eager is not traced and make_backend("torch", precision="float64", trace=False) is eager
+    # eager: 5 calls of f; traced: the first (eager) call, the trace and its eager check
+    for B, want in ((eager, 5), (traced, 3)):
+        calls = []
+
+        def f(x, calls=calls, B=B):
+            calls.append(1)
+            return B.sin(x) * 2.0
+
+        g = B.compile_pure(f)
+        x = B.asarray([0.1, 0.2])
+        for _ in range(5):
+            np.testing.assert_allclose(B.to_numpy(g(x)), 2 * np.sin([0.1, 0.2]), rtol=1e-15)
+        assert len(calls) == want
+    with pytest.raises(ValueError, match="trace must be True or False"):
+        make_backend("torch", trace="no")

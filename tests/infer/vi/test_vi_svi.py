@@ -333,22 +333,26 @@ def test_run_equals_numpy_draw_for_draw(num_particles):
     included) gives the NumPy backend's losses and parameters: CPU draws are the same host
     numbers on both, so only rounding may differ."""
     calls, results = [], {}
-    for name in ("numpy", "torch"):
+    for label, name, options in (("numpy", "numpy", {}), ("torch", "torch", {}),
+                                 ("torch-eager", "torch", {"trace": False})):
         if name not in available_backends():
             pytest.skip(f"{name} is not installed")
-        with agvi.use_backend(name, precision="float64") as B:
+        with agvi.use_backend(name, precision="float64", **options) as B:
             elbo = Trace_ELBO(num_particles=num_particles)
 
-            def loss(*a, elbo=elbo, name=name, **k):
-                calls.append(name)
+            def loss(*a, elbo=elbo, label=label, **k):
+                calls.append(label)
                 return elbo(*a, **k)
 
             svi = SVI(model2, ag.AutoNormal(model2), Adam(0.05), loss)
             res = svi.run(B.key(3), 20, B.asarray(Y), progress_bar=False)
-            results[name] = (B.to_numpy(res.losses),
-                             {k: B.to_numpy(v) for k, v in res.params.items()})
-    np.testing.assert_allclose(results["torch"][0], results["numpy"][0], rtol=1e-10)
-    for k, v in results["numpy"][1].items():
-        np.testing.assert_allclose(results["torch"][1][k], v, rtol=1e-10, atol=1e-12)
-    # torch: one eager step, one trace (and its eager check), then the graph
-    assert calls.count("torch") <= 3 < calls.count("numpy")
+            results[label] = (B.to_numpy(res.losses),
+                              {k: B.to_numpy(v) for k, v in res.params.items()})
+    for label in ("torch", "torch-eager"):
+        np.testing.assert_allclose(results[label][0], results["numpy"][0], rtol=1e-10)
+        for k, v in results["numpy"][1].items():
+            np.testing.assert_allclose(results[label][1][k], v, rtol=1e-10, atol=1e-12)
+    # torch: one eager step, one trace (and its eager check), then the graph; trace=False and
+    # NumPy run the loss at every step
+    assert calls.count("torch") <= 3
+    assert calls.count("torch-eager") == calls.count("numpy") == 20
