@@ -32,10 +32,14 @@ import optree
 import torch
 from torch._C._functorch import peek_interpreter_stack as _peek_interpreter_stack
 
+from .base import STATIC_SCALARS
+
 __all__ = ["TracedFunction", "Untraceable", "check_not_tracing", "tracing"]
 
 _STATE = threading.local()
-_STATIC = (bool, int, float, complex, str, type(None))
+# the states of a signature in TracedFunction._graphs besides a traced (graph, outputs) pair
+_SEEN_ONCE = "seen once"   # ran eagerly once; the next call traces
+_EAGER = None              # untraceable: always eager
 
 
 class Untraceable(RuntimeError):
@@ -66,7 +70,7 @@ def _signature(args):
                 return None
             tensors.append(leaf)
             key.append((leaf.shape, leaf.dtype, leaf.device))
-        elif isinstance(leaf, _STATIC):
+        elif isinstance(leaf, STATIC_SCALARS):
             key.append((type(leaf), leaf))
         else:
             return None
@@ -108,7 +112,7 @@ class TracedFunction:
 
     def __init__(self, fun):
         self.fun = fun
-        self._graphs = {}   # signature -> (graph, output treedef), or None: run eagerly
+        self._graphs = {}   # signature -> (graph, (output treedef, constants)), or a state
 
     def __call__(self, *args):
         if _peek_interpreter_stack() is not None:
@@ -117,17 +121,16 @@ class TracedFunction:
         if sig is None:
             return self.fun(*args)
         tensors, key = sig
-        entry = self._graphs.get(key, False)
-        if entry is False:
+        if key not in self._graphs:
             # the first call of a signature runs eagerly (a one-off call never pays for a
             # trace); the second traces
-            if len(self._graphs) >= self.max_signatures:
-                return self.fun(*args)
-            self._graphs[key] = entry = ("eager once",)
+            if len(self._graphs) < self.max_signatures:
+                self._graphs[key] = _SEEN_ONCE
             return self.fun(*args)
-        if entry is not None and len(entry) == 1:
+        entry = self._graphs[key]
+        if entry is _SEEN_ONCE:
             self._graphs[key] = entry = self._trace(args, tensors, key[0])
-        if entry is None:
+        if entry is _EAGER:
             return self.fun(*args)
         graph, (out_def, consts) = entry   # no input carries derivatives: no autograd graph
         out = graph(*tensors)
@@ -140,7 +143,7 @@ class TracedFunction:
     @property
     def num_traced(self) -> int:
         """Number of input signatures run through a traced graph."""
-        return sum(entry is not None and len(entry) == 2 for entry in self._graphs.values())
+        return sum(isinstance(entry, tuple) for entry in self._graphs.values())
 
     def _trace(self, args, tensors, treedef):
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -156,7 +159,7 @@ class TracedFunction:
             out, out_def = optree.tree_flatten(self.fun(*optree.tree_unflatten(treedef, full)),
                                                none_is_leaf=True)
             # Python scalars among the outputs depend on the signature only: constants
-            consts = {i: o for i, o in enumerate(out) if isinstance(o, _STATIC)}
+            consts = {i: o for i, o in enumerate(out) if isinstance(o, STATIC_SCALARS)}
             if len(consts) + sum(isinstance(o, torch.Tensor) for o in out) != len(out):
                 raise Untraceable("outputs must be tensors or Python scalars")
             out_box.append((out_def, consts))
@@ -166,7 +169,7 @@ class TracedFunction:
         try:
             gm = make_fx(flat, tracing_mode="fake")(*tensors)
         except Exception:   # anything the tracer cannot record runs eagerly
-            return None
+            return _EAGER
         finally:
             _STATE.tracing = False
         graph = gm
@@ -179,5 +182,5 @@ class TracedFunction:
         with torch.no_grad():
             got = graph(*tensors)
         want = [w for w in optree.tree_leaves(self.fun(*args), none_is_leaf=True)
-                if not isinstance(w, _STATIC)]
-        return (graph, out_box[-1]) if _agree(got, want) else None
+                if not isinstance(w, STATIC_SCALARS)]
+        return (graph, out_box[-1]) if _agree(got, want) else _EAGER

@@ -102,6 +102,9 @@ CONTRACT = {
     ),
 }
 
+#: Python values that :meth:`Backend.compile_pure` treats as static (part of the signature).
+STATIC_SCALARS = (bool, int, float, complex, str, type(None))
+
 _FRAMEWORK_PREFIXES = (("torch", "torch"), ("jax", "jax"), ("jaxlib", "jax"),
                        ("autograd", "numpy"), ("numpy", "numpy"))
 

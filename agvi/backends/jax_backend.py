@@ -46,7 +46,7 @@ import numpy as np
 from jax import lax
 
 from . import host_random
-from .base import Backend, FInfo, _is_shape_dtype
+from .base import STATIC_SCALARS, Backend, FInfo, _is_shape_dtype
 
 __all__ = ["JaxBackend"]
 
@@ -120,9 +120,6 @@ def _softplus_jvp(primals, tangents):
     e = jnp.exp(-jnp.abs(x))          # shared by the value and expit(x)
     r = 1.0 / (1.0 + e)
     return jnp.maximum(x, 0.0) + jnp.log1p(e), jnp.where(x >= 0, r, e * r) * t
-
-
-_PY_SCALARS = (bool, int, float, complex, str, type(None))
 
 
 class JaxBackend(Backend):
@@ -587,7 +584,7 @@ class JaxBackend(Backend):
         compiled = {}   # positions of the Python scalar arguments -> jitted fun
 
         def call(*args):
-            static = tuple(i for i, a in enumerate(args) if isinstance(a, _PY_SCALARS))
+            static = tuple(i for i, a in enumerate(args) if isinstance(a, STATIC_SCALARS))
             f = compiled.get(static)
             if f is None:
                 f = compiled[static] = jax.jit(fun, static_argnums=static)
