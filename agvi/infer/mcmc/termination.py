@@ -135,7 +135,9 @@ def turning_across(velocity_old_outer, velocity_old_inner, momentum_old_inner, m
                           velocity_old_inner], axis=1)                              # (C, 4, d)
     sums = B.stack([momentum_sum_old + momentum_sum_new, momentum_sum_old + momentum_new_inner,
                     momentum_sum_new + momentum_old_inner], axis=2)                 # (C, d, 3)
-    dots = B.matmul(velocities, sums)                                               # (C, 4, 3)
+    # products and a sum rather than a matmul: XLA fuses them into one kernel, where a batched
+    # (C, 4, d) x (C, d, 3) dot is a library call costing more than the whole check
+    dots = B.sum(velocities[:, :, :, None] * sums[:, None], axis=2)                 # (C, 4, 3)
     turned = (dots <= 0) & B.asarray(_ACROSS_PAIRS)
     return B.any(B.reshape(turned, (B.shape(dots)[0], -1)), axis=-1)
 
