@@ -11,7 +11,8 @@ that computes exactly what ``jax.random``'s ``"threefry2x32"`` computes with
 ``jax_threefry_partitionable`` on (JAX's default): the same ``split``, ``fold_in`` and random
 bits for the same raw key, so every ``jax.random`` sampler gives the same numbers with either.
 It does not read that flag: agvi's numbers do not depend on a global JAX setting. On GPUs it is
-the lowering JAX itself uses by default there. Registering it changes nothing else in JAX.
+the lowering JAX itself uses by default there. It is not registered with JAX: defining it
+changes no JAX setting or default.
 
 References
 ----------
