@@ -5,10 +5,11 @@ sampling for a batch of chains, written once on the Backend:
 
 - chains live on a leading axis (positions (C, d)); chain ``c`` draws its random numbers from
   ``B.fold_in(key, c)`` only, so chain 0 of a 4-chain run equals a 1-chain run with the same key;
-- warmup and sampling run one pure per-transition body, driven by per-transition flags (the
-  schedule of Stan's windows, built in Python by :func:`~.adaptation.windows.windowed_schedule`;
-  all off while sampling), as a ``B.scan`` over chunks of transitions. On JAX a chunk is one
-  compiled call (``B.jit``), the same program for both phases, cached on the kernel object so
+- warmup and sampling run one pure per-transition body in chunks of transitions, each chunk
+  driven by a few flags (the schedule of Stan's windows, built in Python by
+  :func:`~.adaptation.windows.windowed_schedule`, cut so that a window ends with a chunk; all off
+  while sampling). On JAX a chunk is one compiled call (``B.jit``) of a loop whose trip count
+  is an argument, the same program for both phases, cached on the kernel object so
   that a second run with data of the same shapes does not recompile; on torch and NumPy the
   same code runs as Python loops;
 - the progress bar (tqdm, when installed and stderr is a terminal) moves once per chunk;
@@ -786,20 +787,73 @@ def _adaptation(kernel):
     return da, welford
 
 
-#: The columns of a chunk's per-transition flags (see :func:`_build_chunk`).
-_FLAGS = ("t", "valid", "adapt", "slow", "window_end")
+#: The entries of a chunk's control vector (see :func:`_build_chunk`).
+_CONTROL = ("start", "count", "adapt", "slow", "window_end")
 
 
-def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
-    """One chunk of transitions: ``chunk(carry, xs, args) -> (carry, ys)``.
+def _run_transitions(B, step, carry, start, count, length, template):
+    """``count`` transitions ``carry, y = step(carry, t)`` for ``t = start, start + 1, ...``.
 
-    ``xs`` (integer, shape (length, 5)) holds per-transition flags, in the columns of
-    :data:`_FLAGS`: ``t`` (the index of the transition in its phase: its key is
-    ``fold_in(keys[c], t)``), ``valid`` (0 on the padding of the last chunk: nothing happens),
-    ``adapt`` (warmup: update the step size and the mass-matrix estimate), ``slow`` (the draw
-    enters the estimate) and ``window_end`` (update the mass matrix, re-initialise the step
-    size); one array, so that a chunk costs one host-to-device transfer. Warmup and sampling
-    share this one program, so a NUTS kernel is compiled once per run.
+    Returns the final carry and the ``y`` stacked on a leading axis: of ``length`` rows on a
+    backend that compiles control flow (one ``fori_loop`` whose trip count is an argument, the
+    rows past ``count`` left as zeros, so that every chunk is the same program), of ``count``
+    rows otherwise (a Python loop). ``template`` is a ``y`` giving the rows' shapes and dtypes.
+    """
+    if not B.compiles_control_flow:
+        ys = []
+        for i in range(int(count)):
+            carry, y = step(carry, start + i)
+            ys.append(y)
+        return carry, B.tree_map(lambda *rows: B.stack(rows), *ys)
+
+    def body(i, loop):
+        carry, ys = loop
+        carry, y = step(carry, start + i)
+        return carry, B.tree_map(lambda rows, row: B.dynamic_update_index(rows, i, row), ys, y)
+
+    ys = B.tree_map(lambda a: B.zeros((length,) + tuple(B.shape(a)), dtype=B.dtype_of(a)),
+                    template)
+    return B.fori_loop(0, count, body, (carry, ys))
+
+
+def _chunk_plan(total: int, length: int, flags: dict) -> np.ndarray:
+    """The chunks of a phase of ``total`` transitions: rows (start, count, adapt, slow,
+    window_end) as :data:`_CONTROL`, int64 of shape (num_chunks, 5).
+
+    A chunk has at most ``length`` transitions with the same ``adapt`` and ``slow`` flags, and
+    a transition flagged ``window_end`` (per-transition bool arrays in ``flags``) ends its
+    chunk, so the mass-matrix update runs once, after a chunk's loop, instead of a branch in
+    every transition.
+    """
+    adapt, slow, end = (np.asarray(flags[name], dtype=bool)
+                        for name in ("adapt", "slow", "window_end"))
+    cuts = {0, total}
+    cuts.update((np.flatnonzero((adapt[1:] != adapt[:-1]) | (slow[1:] != slow[:-1])) + 1).tolist())
+    cuts.update((np.flatnonzero(end) + 1).tolist())
+    cuts = sorted(cuts)
+    rows = []
+    for first, stop in zip(cuts[:-1], cuts[1:]):
+        for s in range(first, stop, length):
+            n = min(length, stop - s)
+            rows.append((s, n, adapt[s], slow[s], end[s + n - 1]))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, len(_CONTROL))
+
+
+def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn, length):
+    """One chunk of at most ``length`` transitions: ``chunk(carry, control, args) -> (carry,
+    ys)``.
+
+    ``control`` (integer, shape (5,)) holds, in the order of :data:`_CONTROL`: ``start`` (the
+    index of the chunk's first transition in its phase: transition ``t`` draws from
+    ``fold_in(keys[c], t)``), ``count`` (transitions to run), ``adapt`` (warmup: update the step
+    size after each transition), ``slow`` (each draw enters the mass-matrix estimate) and
+    ``window_end`` (after the last transition, update the mass matrix and re-initialise the
+    step size); :func:`_chunk_plan` cuts a phase so that these flags hold for a whole chunk.
+    One array, so that a chunk costs one host-to-device transfer. Warmup and sampling share
+    this one program, so a NUTS kernel is compiled once per run; the per-transition
+    adaptation updates are selected rather than branched on (a branch around them cost 5-10%
+    of a small model's transition on JAX), the window's end is one branch per chunk.
+    ``ys``: the per-transition outputs, stacked as :func:`_run_transitions` does.
     """
     (da_init, da_update, _), (w_init, w_update, w_final) = _adaptation(kernel)
     groups = num_chains if kernel.adapt_per_chain else 1
@@ -808,42 +862,50 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
     want_momentum = "momentum" in extra_fields
     want_grad = "logdensity_grad" in extra_fields
     pooled = not kernel.adapt_per_chain
+    compiled = B.compiles_control_flow
     separate_warmup_kernel = (getattr(kernel, "max_tree_depth_warmup", None) is not None
                               and kernel.max_tree_depth_warmup != kernel.max_tree_depth)
 
     def fold_keys(keys, t):
-        if B.compiles_control_flow:   # one batched hash (map is a loop under jit)
+        if compiled:   # one batched hash (map is a loop under jit)
             return B.vmap(lambda k: B.fold_in(k, t))(keys)
         # eager: host keys, hashed on the host (no framework arrays in between)
         return _fold_host(B, B.key_data(keys), t)
 
     target = _flat_logdensity(logdensity_fn, B, structure)
 
-    def chunk(carry, xs, args):
+    def chunk(carry, control, args):
+        start, count = control[0], control[1]
+        if compiled:
+            adapting, slow, window_end = control[2] != 0, control[3] != 0, control[4] != 0
+        else:   # host ints: Python branches
+            adapting, slow, window_end = (bool(control[i]) for i in (2, 3, 4))
         logdensity = target.bind(args)
         transition = kernel._transition(logdensity, warmup=False)
         if separate_warmup_kernel:
             warmup_transition = kernel._transition(logdensity, warmup=True)
         ldg = logdensity_and_grad_fn(logdensity)
 
-        def end_window(operands):
-            state, keys, welford, imm, step_size, da = operands
-            new_imm = w_final(welford, default=imm[:1] if pooled else imm)
+        def end_window(carry, t):
+            state, imm, step_size, da = (carry.state, carry.inverse_mass_matrix,
+                                         carry.step_size, carry.dual_averaging)
+            new_imm = w_final(carry.welford, default=imm[:1] if pooled else imm)
             if pooled:
                 new_imm = B.broadcast_to(new_imm, B.shape(imm))
             welford = w_init(groups, B.shape(state.position)[-1], B.dtype_of(imm))
             if kernel.adapt_step_size:
-                keys = B.map(lambda k: B.asarray(B.fold_in(k, 1)), keys)
+                keys = B.map(lambda k: B.asarray(B.fold_in(k, 1)), fold_keys(carry.keys, t))
                 step_size = find_reasonable_step_size(keys, state, None, new_imm, step_size,
                                                       logdensity_and_grad=ldg)
                 if pooled:
                     step_size = B.broadcast_to(
                         B.exp(B.mean(B.log(step_size), keepdims=True)), (num_chains,))
                 da = da_init(step_size[:1] if pooled else step_size)
-            return welford, new_imm, step_size, da
+            return carry._replace(welford=welford, inverse_mass_matrix=new_imm,
+                                  step_size=step_size, dual_averaging=da)
 
-        def keep_window(operands):
-            return operands[2:]
+        def keep_window(carry, t):
+            return carry
 
         def add_draw(welford, position):
             return w_update(welford, position)
@@ -851,37 +913,32 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
         def skip_draw(welford, position):
             return welford
 
-        def adapt(operands, x):
-            state, keys, accept, welford, imm, step_size, da = operands
-            if kernel.adapt_step_size:
-                da = da_update(da, B.mean(accept, keepdims=True) if pooled else accept)
-                step_size = B.broadcast_to(B.exp(da.log_step_size), (num_chains,))
-            if kernel.adapt_mass_matrix:
-                welford = B.cond(x["slow"], add_draw, skip_draw, welford, state.position)
-                welford, imm, step_size, da = B.cond(
-                    x["window_end"], end_window, keep_window,
-                    (state, keys, welford, imm, step_size, da))
-            return welford, imm, step_size, da
+        def adapt_step_size(da, step_size, accept):
+            da = da_update(da, B.mean(accept, keepdims=True) if pooled else accept)
+            return da, B.broadcast_to(B.exp(da.log_step_size), (num_chains,))
 
-        def no_adapt(operands, x):
-            return operands[3:]
-
-        def step(carry, x):
-            keys = fold_keys(carry.keys, x["t"])
+        def step(carry, t):
+            keys = fold_keys(carry.keys, t)
             arguments = (keys, carry.state, carry.step_size, carry.inverse_mass_matrix)
             if separate_warmup_kernel:
-                state, info = B.cond(x["adapt"], lambda a: warmup_transition(*a),
+                state, info = B.cond(adapting, lambda a: warmup_transition(*a),
                                      lambda a: transition(*a), arguments)
             else:
                 state, info = transition(*arguments)
             fields = {name: B.astype(value, dtypes[kernel._FIELDS[name]])
                       for name, value in kernel._fields(info).items()}
-            welford, imm, step_size, da = B.cond(
-                x["adapt"], adapt, no_adapt,
-                (state, keys, fields["accept_prob"], carry.welford,
-                 carry.inverse_mass_matrix, carry.step_size, carry.dual_averaging), x)
+            da, step_size, welford = carry.dual_averaging, carry.step_size, carry.welford
+            if kernel.adapt_step_size:
+                if compiled:   # a few scalar operations: cheaper selected than branched on
+                    new_da, new_step_size = adapt_step_size(da, step_size, fields["accept_prob"])
+                    da = B.tree_map(lambda new, old: B.where(adapting, new, old), new_da, da)
+                    step_size = B.where(adapting, new_step_size, step_size)
+                elif adapting:
+                    da, step_size = adapt_step_size(da, step_size, fields["accept_prob"])
+            if kernel.adapt_mass_matrix:
+                welford = B.cond(adapting & slow, add_draw, skip_draw, welford, state.position)
             new = _Carry(
-                state, step_size, imm, da, welford, carry.keys,
+                state, step_size, carry.inverse_mass_matrix, da, welford, carry.keys,
                 carry.num_divergent + B.astype(fields["diverging"], int_dtype),
                 carry.num_steps + B.astype(fields["num_steps"], int_dtype),
                 carry.num_nonfinite + B.astype(fields["num_nonfinite"], int_dtype))
@@ -897,18 +954,17 @@ def _build_chunk(B, kernel, structure, num_chains, extra_fields, logdensity_fn):
                 out["logdensity_grad"] = state.logdensity_grad
             return out
 
-        def skip(carry, x):
-            y = {name: B.zeros((num_chains,), dtype=dtypes[kind])
-                 for name, kind in kernel._FIELDS.items()}
-            if want_momentum:
-                y["momentum"] = B.zeros_like(carry.state.position)
-            return carry, record(carry.state, carry.step_size, y)
-
-        def body(carry, row):
-            x = {name: row[i] if name == "t" else row[i] != 0 for i, name in enumerate(_FLAGS)}
-            return B.cond(x["valid"], step, skip, carry, x)
-
-        return B.scan(body, carry, xs)
+        template = {name: B.zeros((num_chains,), dtype=dtypes[kind])
+                    for name, kind in kernel._FIELDS.items()}
+        if want_momentum:
+            template["momentum"] = carry.state.position
+        template = record(carry.state, carry.step_size, template)
+        carry, ys = _run_transitions(B, step, carry, start, count, length, template)
+        if kernel.adapt_mass_matrix:
+            # the window's last transition is the chunk's last: its keys re-initialise the
+            # step size (as Stan's init_stepsize after each metric update)
+            carry = B.cond(window_end, end_window, keep_window, carry, start + count - 1)
+        return carry, ys
 
     return chunk
 
@@ -1436,19 +1492,20 @@ class MCMC:
         }
 
     # one batch of chains ----------------------------------------------------------------------
-    def _compiled(self, B, kind, num_chains, extra_fields=()):
-        """The compiled function of one kind for this structure and batch size, cached on the
-        kernel (on JAX a later run with arguments of the same shapes reuses the program)."""
+    def _compiled(self, B, kind, num_chains, extra_fields=(), **options):
+        """The compiled function of one kind for this structure and batch size (``options``:
+        the builder's own, as the chunk's ``length``), cached on the kernel (on JAX a later run
+        with arguments of the same shapes reuses the program)."""
         kernel = self.kernel
         structure = self._structure
         key = (kind, num_chains, structure.key, extra_fields, kernel._static(),
-               self._target_key)
+               self._target_key, tuple(sorted(options.items())))
         fn = kernel._cache.get(key)
         if fn is None:
             builder = {"init": _build_init, "warmup_init": _build_warmup_init,
                        "chunk": _build_chunk}[kind]
             fn = B.jit(builder(B, kernel, structure, num_chains, extra_fields,
-                               self._target_fn))
+                               self._target_fn, **options))
             kernel._cache[key] = fn
         return fn
 
@@ -1460,24 +1517,17 @@ class MCMC:
         transition; none when ``keep_every`` is None), the number of transitions completed,
         and whether Ctrl-C stopped the loop.
         """
-        # one chunk length for both phases: one compiled program (padding steps are skipped)
-        length = self._chunk(B)
-        num_chunks = -(-total // length)
-        padded = num_chunks * length
-        columns = {"t": np.arange(padded), "valid": np.arange(padded) < total}
-        for name, values in flags.items():
-            columns[name] = np.concatenate([values, np.zeros(padded - total, dtype=bool)])
-        host = np.stack([columns[name] for name in _FLAGS], axis=1).astype(np.int64)
+        plan = _chunk_plan(total, self._chunk(B), flags)
         bar = make_progress_bar(total, f"{phase}{label}", self.progress_bar, leave=True,
                                 interactive_only=True)
-        chunks, done, interrupted = [], 0, False
+        chunks, rows, offset, done, interrupted = [], [], 0, 0, False
         try:
-            for i in range(num_chunks):
-                xs = host[i * length:(i + 1) * length]
-                if B.compiles_control_flow:   # eager backends read the flags on the host
-                    xs = B.asarray(xs, dtype=B.int_dtype)
+            for control in plan:
+                start, count = int(control[0]), int(control[1])
                 try:
-                    new_carry, ys = fn(carry, xs, args)
+                    # eager backends read the control on the host
+                    new_carry, ys = fn(carry, B.asarray(control, dtype=B.int_dtype)
+                                       if B.compiles_control_flow else control, args)
                     # a host sync inside the try: on JAX (asynchronous) Ctrl-C lands here
                     divergent = int(B.to_numpy(new_carry.num_divergent).sum())
                 except KeyboardInterrupt:
@@ -1486,9 +1536,12 @@ class MCMC:
                                   "completed so far", UserWarning, stacklevel=4)
                     break
                 carry = new_carry
-                count = min(length, total - done)
                 if keep_every is not None:
+                    # transitions t with (t + 1) % keep_every == 0 are kept
                     chunks.append(ys)
+                    first = (-(start + 1)) % keep_every
+                    rows.append(offset + np.arange(first, count, keep_every))
+                    offset += B.shape(ys["position"])[0]
                 done += count
                 if bar is not None:
                     bar.set_postfix(divergences=divergent, refresh=False)
@@ -1498,12 +1551,17 @@ class MCMC:
                 bar.close()
         outputs = []
         if chunks:
-            # transitions t < done with (t + 1) % keep_every == 0 are kept: one concatenation
-            # and one slice per field for the whole phase
-            keep = slice(keep_every - 1, done, keep_every)
-            outputs.append({name: (B.concatenate([c[name] for c in chunks], axis=0)
-                                   if len(chunks) > 1 else chunks[0][name])[keep]
-                            for name in chunks[0]})
+            # one concatenation and one gather (or slice) per field for the whole phase
+            rows = np.concatenate(rows)
+            if rows.size and np.array_equal(rows, np.arange(rows[0], rows[0] + rows.size)):
+                keep = slice(int(rows[0]), int(rows[0]) + rows.size)
+            else:
+                keep = B.asarray(rows, dtype=B.int_dtype)
+
+            def kept(values):
+                values = B.concatenate(values, axis=0) if len(values) > 1 else values[0]
+                return values[keep] if isinstance(keep, slice) else B.take(values, keep, axis=0)
+            outputs.append({name: kept([c[name] for c in chunks]) for name in chunks[0]})
         return carry, outputs, done, interrupted
 
     @staticmethod
@@ -1531,7 +1589,7 @@ class MCMC:
         interrupted = False
         no_stats = {k: np.zeros(n, dtype=np.int64) for k in ("divergent", "steps", "nonfinite")}
         warmup_stats = no_stats
-        fn = self._compiled(B, "chunk", n, extra_fields)
+        fn = self._compiled(B, "chunk", n, extra_fields, length=self._chunk(B))
         if start is None:
             state, init_flat = self._initial_state(B, chains, chain_keys, init_flat, args)
             dim = B.shape(init_flat)[-1]

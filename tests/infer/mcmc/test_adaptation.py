@@ -219,33 +219,40 @@ def gaussian_runs():
 
 
 def _gaussian_run(B, cache):
-    """One NUTS warmup (500 transitions, collected) and sampling run per backend."""
+    """One NUTS warmup (500 transitions, collected) and sampling run per backend: (mcmc,
+    warmup acceptance statistics (500,), warmup draws (500, 4))."""
     if B.name not in cache:
         scales = B.asarray(SCALES)
         kernel = NUTS(logdensity_fn=lambda x: -0.5 * B.sum((x / scales) ** 2))
         mcmc = MCMC(kernel, num_warmup=500, num_samples=300, progress_bar=False)
         mcmc.warmup(B.key(3), init_params=B.zeros(4), collect_warmup=True)
         warmup_accept = B.to_numpy(mcmc.get_extra_fields()["accept_prob"])
+        warmup_draws = B.to_numpy(mcmc.get_samples())
         mcmc.run(B.key(3))
-        cache[B.name] = (mcmc, warmup_accept)
+        cache[B.name] = (mcmc, warmup_accept, warmup_draws)
     return cache[B.name]
 
 
 def test_adapted_diagonal_inverse_mass_matrix_is_the_variance(B, gaussian_runs):
-    """After Stan's windows the inverse mass matrix estimates the posterior variances of an
-    ill-conditioned Gaussian."""
-    mcmc, _ = _gaussian_run(B, gaussian_runs)
+    """After Stan's windows the inverse mass matrix is the regularised sample variance of the
+    last slow window's draws (transitions 250 to 449, collected by the warmup), and that
+    estimates the posterior variances of an ill-conditioned Gaussian."""
+    mcmc, _, draws = _gaussian_run(B, gaussian_runs)
     imm = B.to_numpy(mcmc.adapted_params["inverse_mass_matrix"])[0]
-    # the last slow window (250..449) holds 200 draws: a variance estimate has a relative sd
-    # of about 0.1 to 0.2
-    assert np.all(np.abs(np.log(imm / SCALES ** 2)) < 0.45), imm / SCALES ** 2
+    window = draws[250:450]
+    n = len(window)
+    expected = n / (n + 5) * window.var(axis=0, ddof=1) + 1e-3 * 5 / (n + 5)
+    np.testing.assert_allclose(imm, expected, rtol=1e-10)
+    # 200 autocorrelated draws: the widest coordinate has a bulk ESS of about 50 there, so a
+    # variance estimate has a relative sd of about sqrt(2 / 50) = 0.2; 0.7 in log is 3.5 sd
+    assert np.all(np.abs(np.log(imm / SCALES ** 2)) < 0.7), imm / SCALES ** 2
 
 
 def test_dual_averaging_reaches_the_target_acceptance(B, gaussian_runs):
     """Dual averaging drives the mean acceptance statistic of the adapting transitions to the
     target (Hoffman and Gelman 2014, section 3.2): the last slow window (transitions 250 to
     449) adapts the step size without a restart, with a fixed metric."""
-    _, accept = _gaussian_run(B, gaussian_runs)
+    _, accept, _ = _gaussian_run(B, gaussian_runs)
     assert accept.shape == (500,)
     assert abs(accept[300:450].mean() - 0.8) < 0.05, accept[300:450].mean()
 
@@ -254,7 +261,7 @@ def test_sampling_acceptance_after_warmup(B, gaussian_runs):
     """With the averaged step size the acceptance is at or a little above the target (the
     average of log step sizes lies below the iterates), and the step size suits a metric that
     made the target isotropic (about 1 in d = 4)."""
-    mcmc, _ = _gaussian_run(B, gaussian_runs)
+    mcmc, _, _ = _gaussian_run(B, gaussian_runs)
     accept = B.to_numpy(mcmc.get_extra_fields()["accept_prob"])
     assert accept.shape == (300,)
     assert 0.75 < accept.mean() < 0.97, accept.mean()

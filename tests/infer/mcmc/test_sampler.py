@@ -381,17 +381,17 @@ def test_ctrl_c_keeps_the_completed_chunks(NP, monkeypatch):
     B = NP
     compiled = MCMC._compiled
 
-    def interrupting(self, B_, kind, num_chains, extra_fields=()):
-        fn = compiled(self, B_, kind, num_chains, extra_fields)
+    def interrupting(self, B_, kind, num_chains, extra_fields=(), **options):
+        fn = compiled(self, B_, kind, num_chains, extra_fields, **options)
         if kind != "chunk":
             return fn
-        calls = {"n": 0}
+        calls = {"sampling": 0}
 
-        def chunk(carry, xs, args):
-            calls["n"] += 1
-            if calls["n"] == 5:          # 2 warmup chunks, then 2 sampling chunks, then ^C
+        def chunk(carry, control, args):
+            calls["sampling"] += int(control[2]) == 0    # not adapting: a sampling chunk
+            if calls["sampling"] == 3:     # after 2 sampling chunks of 10 transitions: ^C
                 raise KeyboardInterrupt
-            return fn(carry, xs, args)
+            return fn(carry, control, args)
         return chunk
 
     monkeypatch.setattr(MCMC, "_compiled", interrupting)
@@ -401,6 +401,45 @@ def test_ctrl_c_keeps_the_completed_chunks(NP, monkeypatch):
         mcmc.run(B.key(0), init_params=B.zeros(3))
     assert B.shape(mcmc.get_samples(group_by_chain=True)) == (2, 20, 3)
     assert B.shape(mcmc.get_extra_fields(group_by_chain=True)["accept_prob"]) == (2, 20)
+
+
+def test_chunking_does_not_change_the_draws(B):
+    """Chunks only group transitions: chunk sizes that cut the warmup windows and the thinned
+    draws at different places give the same draws, step sizes and mass matrix (transition
+    t of a phase always draws from fold_in(key, t))."""
+    runs = []
+    for chunk_size in (7, 100):
+        mcmc = MCMC(gaussian_kernel(B), num_warmup=60, num_samples=20, num_chains=2,
+                    thinning=3, progress_bar=False, chunk_size=chunk_size)
+        mcmc.run(B.key(4), init_params=B.zeros(3))
+        runs.append((B.to_numpy(mcmc.get_samples(group_by_chain=True)),
+                     B.to_numpy(mcmc.get_extra_fields(group_by_chain=True)["step_size"]),
+                     B.to_numpy(mcmc.adapted_params["inverse_mass_matrix"])))
+    assert runs[0][0].shape == (2, 20, 3)
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_chunk_plan_cuts_at_window_ends():
+    """Chunks hold at most ``length`` transitions with the same adapt and slow flags, and a
+    window's last transition is its chunk's last."""
+    from agvi.infer.mcmc.adaptation import schedule_arrays, windowed_schedule
+    from agvi.infer.mcmc.sampler import _chunk_plan
+    flags = schedule_arrays(windowed_schedule(1000), 1000)
+    flags["adapt"] = np.ones(1000, dtype=bool)
+    plan = _chunk_plan(1000, 100, flags)
+    starts, counts = plan[:, 0], plan[:, 1]
+    np.testing.assert_array_equal(starts, np.concatenate([[0], np.cumsum(counts)[:-1]]))
+    assert counts.sum() == 1000 and counts.max() <= 100
+    # Stan's windows for 1000: 75 fast, slow 25, 50, 100, 200, 500, then 50 fast
+    np.testing.assert_array_equal(starts[plan[:, 4] == 1] + counts[plan[:, 4] == 1],
+                                  [100, 150, 250, 450, 950])
+    for start, count, adapt, slow, _ in plan:
+        assert adapt == 1 and (flags["slow"][start:start + count] == slow).all()
+    sampling = {name: np.zeros(250, dtype=bool) for name in ("adapt", "slow", "window_end")}
+    np.testing.assert_array_equal(_chunk_plan(250, 100, sampling)[:, :2],
+                                  [[0, 100], [100, 100], [200, 50]])
+    assert _chunk_plan(0, 100, sampling).shape == (0, 5)
 
 
 def test_get_samples_before_run_raises():
