@@ -384,8 +384,12 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
             return B.where(n < head, u_head[:, B.minimum(n, head - 1)],
                            leaf_tail[:, B.maximum(n - head, 0)])
         going_right = noise.going_right
-        slots = B.reshape(B.repeat(B.arange(max_depth), 2, axis=0), (max_depth, 2))
-        offsets = B.reshape(B.tile(B.arange(2), (max_depth,)), (max_depth, 2))
+        # one spare checkpoint slot (index max_depth) that odd leaves write and no check reads:
+        # every leaf writes (in place), only the check is a branch. Branching around the write
+        # made XLA copy the whole (C, K, 5, d) buffer twice per leaf (40 kB at d = 100).
+        num_slots = max_depth + 1
+        slots = B.reshape(B.repeat(B.arange(num_slots), 2, axis=0), (num_slots, 2))
+        offsets = B.reshape(B.tile(B.arange(2), (num_slots,)), (num_slots, 2))
         all_true = B.ones((num_chains,), dtype=bool_dtype)
         no_weight = B.full((num_chains,), neg_inf, dtype=dtype)
         zeros_int = B.zeros((num_chains,), dtype=B.int_dtype)
@@ -395,21 +399,17 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
             depth_index=0, left=start, right=start,
             proposal=_Proposal(position, energy0, state.logdensity, state.logdensity_grad),
             log_weight=B.zeros((num_chains,), dtype=dtype), momentum_sum=momentum0,
-            checkpoints=init_checkpoints(num_chains, max_depth, dim, dtype), leaf_tail=leaf_tail,
+            checkpoints=init_checkpoints(num_chains, num_slots, dim, dtype), leaf_tail=leaf_tail,
             stop_log_weight=B.zeros((num_chains,), dtype=dtype), active=all_true,
             turning=false, diverging=false, depth=zeros_int, num_steps=zeros_int,
             sum_accept=B.zeros((num_chains,), dtype=dtype), num_nonfinite=zeros_int)
 
-        def even_leaf(ckpt, n, leaf, velocity, previous, previous_velocity, momentum_sum_prev,
-                      momentum_sum):
-            ckpt = write_checkpoint(ckpt, n, leaf.momentum, velocity, previous_velocity,
-                                    momentum_sum_prev, previous.momentum)
-            return ckpt, all_true
-
-        def odd_leaf(ckpt, n, leaf, velocity, previous, previous_velocity, momentum_sum_prev,
-                     momentum_sum):
+        def check_leaf(ckpt, n, velocity, momentum_sum):
             mask = turning_mask(n, slots, offsets)
-            return ckpt, ~is_iterative_turning(ckpt, velocity, momentum_sum, mask)
+            return ~is_iterative_turning(ckpt, velocity, momentum_sum, mask)
+
+        def skip_check(ckpt, n, velocity, momentum_sum):
+            return all_true
 
         def outer_cond(t):
             return B.any(t.active) & (t.depth_index < max_depth)
@@ -451,9 +451,13 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
                 proposal = pick(take, _Proposal(leaf.position, energy, leaf.logdensity,
                                                 leaf.logdensity_grad), s.proposal)
                 momentum_sum = s.momentum_sum + leaf.momentum
-                ckpt, no_turn = B.cond(n % 2 == 0, even_leaf, odd_leaf, s.checkpoints, n, leaf,
-                                       velocity, s.current, s.velocity, s.momentum_sum,
-                                       momentum_sum)
+                odd = n % 2
+                popcount = B.popcount(n)
+                ckpt = write_checkpoint(s.checkpoints, n, leaf.momentum, velocity, s.velocity,
+                                        s.momentum_sum, s.current.momentum,
+                                        slot=popcount + odd * (max_depth - popcount))
+                no_turn = B.cond(odd == 1, check_leaf, skip_check, ckpt, n, velocity,
+                                 momentum_sum)
                 still = (log_weight >= -delta_energy_max) & no_turn
                 if batched:
                     still = still & s.active

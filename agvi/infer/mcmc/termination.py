@@ -26,14 +26,17 @@ chain suffice. The slots of the sub-subtrees completed at ``n`` are ``idx_min ..
 midpoint of the sub-subtree starting in slot ``i`` (of size 4 or more) is saved in slot ``i + 1``.
 
 Each slot holds, for its even leaf ``e`` (``S(m)`` is the sum of the momenta of leaves 0..m of
-the subtree): ``v_e``, ``v_{e-1}``, ``S(e-1)``, ``S(e-2)``, ``p_e``, and the value of check 2 of
-the sub-subtree whose midpoint is ``e`` (computable when ``e`` is written, applied only when the
-sub-subtree completes). Then at leaf ``n`` with ``S = S(n)``:
+the subtree): ``v_e``, ``v_{e-1}``, ``S(e-1)``, ``S(e-2)``, ``p_e``. Then at leaf ``n`` with
+``S = S(n)``:
 
 - check 1, sub-subtree starting at ``e``: ``rho = S - S(e-1)`` with ``v_e`` and ``v_n``;
 - check 3, sub-subtree with midpoint ``e``: ``rho = S - S(e-2)`` with ``v_{e-1}`` and ``v_n``;
+- check 2, sub-subtree with midpoint ``e`` and first leaf ``s`` (in the slot below, still there
+  since that sub-subtree completes only now): ``rho = S(e-1) + p_e - S(s-1)`` with ``v_s`` and
+  ``v_e``;
 
-so every check of every completed sub-subtree is one vectorised pass over the slots.
+so every check of every completed sub-subtree is one vectorised pass over the slots, and a write
+only stores a row (no read of the buffer: in a compiled loop it is then done in place).
 
 References
 ----------
@@ -74,15 +77,9 @@ class UTurnCheckpoints(NamedTuple):
         Per chain and slot: ``v_e``, ``v_{e-1}``, ``S(e-1)``, ``S(e-2)``, ``p_e`` for the even
         leaf ``e`` last written there (see the module docstring). ``S`` may carry any offset
         that is constant over the subtree (only its differences are used).
-    between : Array, shape (C, K, 2)
-        ``between[..., 1]``: per slot, ``min(v_s . rho, v_e . rho)`` of check 2 of the
-        sub-subtree whose midpoint is the slot's leaf ``e`` (``s`` its first leaf,
-        ``rho = S(e) - S(s-1)``); ``between[..., 0]`` is ``+inf`` (so that the buffer lines up
-        with the (check 1, check 3) pairs of :func:`is_iterative_turning`).
     """
 
     rows: object
-    between: object
 
 
 def is_turning(velocity_left, velocity_right, momentum_sum):
@@ -169,16 +166,14 @@ def checkpoint_indices(leaf_index):
 
 
 def init_checkpoints(num_chains: int, num_slots: int, dim: int, dtype) -> UTurnCheckpoints:
-    """Checkpoint buffers for C chains and K slots: rows (C, K, 5, d) zeros, between (C, K, 2)
-    ``+inf``, of ``dtype``. They need no reset between subtrees: a slot is always written
-    before it is read."""
+    """Checkpoint buffers for C chains and K slots: rows (C, K, 5, d) zeros of ``dtype``. They
+    need no reset between subtrees: a slot is always written before it is read."""
     B = get_backend()
-    return UTurnCheckpoints(B.zeros((num_chains, num_slots, 5, dim), dtype=dtype),
-                            B.full((num_chains, num_slots, 2), math.inf, dtype=dtype))
+    return UTurnCheckpoints(B.zeros((num_chains, num_slots, 5, dim), dtype=dtype))
 
 
 def write_checkpoint(checkpoints, leaf_index, momentum, velocity, velocity_prev, momentum_sum_prev,
-                     momentum_prev):
+                     momentum_prev, slot=None):
     """Save the even leaf ``leaf_index`` in slot ``popcount(leaf_index)``.
 
     Parameters
@@ -191,24 +186,20 @@ def write_checkpoint(checkpoints, leaf_index, momentum, velocity, velocity_prev,
         ``v_{e-1}`` and ``p_{e-1}`` of the previous leaf (unused for ``e = 0``).
     momentum_sum_prev : Array, shape (C, d)
         ``S(e-1)``, the running momentum sum before this leaf.
+    slot : int or integer Array (scalar), optional
+        Write there instead (a spare slot that no check reads lets a compiled loop write at
+        every leaf, odd ones included, rather than branch around the write).
 
     Returns
     -------
     UTurnCheckpoints
-        With the slot written and check 2 of the sub-subtree whose midpoint is ``e`` stored.
     """
     B = get_backend()
-    rows = checkpoints.rows
-    num_slots = B.shape(rows)[1]
-    slot = B.popcount(leaf_index)
-    # the sub-subtree with midpoint e starts at the leaf saved in the slot below
-    start = rows[:, (slot - 1) % num_slots]
-    rho = momentum_sum_prev + momentum - start[:, _S_PREV]
-    between = B.minimum(B.sum(start[:, _V] * rho, axis=-1), B.sum(velocity * rho, axis=-1))
+    if slot is None:
+        slot = B.popcount(leaf_index)
     row = B.stack([velocity, velocity_prev, momentum_sum_prev, momentum_sum_prev - momentum_prev,
                    momentum], axis=1)
-    return UTurnCheckpoints(B.dynamic_update_index(rows, slot, row, axis=1),
-                            B.index_update(checkpoints.between, (slice(None), slot, 1), between))
+    return UTurnCheckpoints(B.dynamic_update_index(checkpoints.rows, slot, row, axis=1))
 
 
 def turning_mask(leaf_index, slots, offsets):
@@ -256,6 +247,14 @@ def is_iterative_turning(checkpoints, velocity, momentum_sum, mask):
     diff = momentum_sum[:, None, None, :] - rows[:, :, _S_PREV:_S_PREV2 + 1]   # (C, K, 2, d)
     own = B.sum(rows[:, :, _V:_V_PREV + 1] * diff, axis=-1)                     # (C, K, 2)
     end = B.sum(velocity[:, None, None, :] * diff, axis=-1)
+    # check 2 of the sub-subtree with its midpoint in slot j >= 1 and its first leaf in slot
+    # j - 1 (slot 0 is never a midpoint: +inf there)
+    below, above = rows[:, :-1], rows[:, 1:]
+    rho = above[:, :, _S_PREV] + above[:, :, _P] - below[:, :, _S_PREV]          # (C, K-1, d)
+    between = B.minimum(B.sum(below[:, :, _V] * rho, axis=-1),
+                        B.sum(above[:, :, _V] * rho, axis=-1))
+    between = B.concatenate([B.full_like(between[:, :1], math.inf), between], axis=1)
     # column 0: check 1 (slot = first leaf); column 1: checks 3 and 2 (slot = midpoint)
-    crit = B.minimum(B.minimum(own, end), checkpoints.between)
+    crit = B.minimum(own, end)
+    crit = B.stack([crit[:, :, 0], B.minimum(crit[:, :, 1], between)], axis=-1)
     return B.any(B.reshape((crit <= 0) & mask, (B.shape(crit)[0], -1)), axis=-1)
