@@ -1530,23 +1530,23 @@ class MCMC:
         plan = _chunk_plan(total, self._chunk(B), flags)
         bar = make_progress_bar(total, f"{phase}{label}", self.progress_bar, leave=True,
                                 interactive_only=True)
-        chunks, rows, done, interrupted = [], [], 0, False
+        chunks, rows, offset, done, interrupted = [], [], 0, 0, False
         # on JAX (asynchronous) a chunk is confirmed (its divergences read, which waits for it)
         # only after the next one is dispatched, so the host's work for a chunk overlaps the
         # previous chunk's run instead of adding to it; eager chunks are done when they return
         inflight, ahead = [], 1 if B.compiles_control_flow else 0
 
         def confirm():
-            nonlocal carry, done
+            nonlocal carry, done, offset
             new_carry, ys, start, count = inflight[0]
             divergent = int(B.to_numpy(new_carry.num_divergent).sum())
             inflight.pop(0)
             carry = new_carry
             if keep_every is not None:
                 # transitions t with (t + 1) % keep_every == 0 are kept
-                offset = sum(B.shape(c["position"])[0] for c in chunks)
                 chunks.append(ys)
                 rows.append(offset + np.arange((-(start + 1)) % keep_every, count, keep_every))
+                offset += B.shape(ys["position"])[0]   # length rows on JAX, count on eager
             done += count
             if bar is not None:
                 bar.set_postfix(divergences=divergent, refresh=False)
