@@ -32,15 +32,21 @@ def _direct(p, v, n):
     return turned
 
 
+def _walks(num_chains=64, dim=2):
+    """Momenta (C, 2**(DEPTH-1), dim) of random walks with a drift, and their velocities under
+    a random diagonal metric: in 2 dimensions they turn often."""
+    rng = np.random.default_rng(0)
+    drift = rng.normal(size=(num_chains, 1, dim))
+    p = drift + 0.8 * rng.normal(size=(num_chains, 2 ** (DEPTH - 1), dim))
+    return p, p * rng.uniform(0.5, 2.0, size=(num_chains, 1, dim))
+
+
 def test_iterative_checks_equal_the_direct_checks(B):
     """Random walks of momenta in 2 dimensions turn often, so every check decides some leaves;
     each odd leaf's result must equal the direct evaluation (with a spare slot, as the
     compiled kernel writes odd leaves there)."""
-    rng = np.random.default_rng(0)
-    num_chains, num_leaves, dim = 64, 2 ** (DEPTH - 1), 2
-    drift = rng.normal(size=(num_chains, 1, dim))
-    p = drift + 0.8 * rng.normal(size=(num_chains, num_leaves, dim))
-    v = p * rng.uniform(0.5, 2.0, size=(num_chains, 1, dim))     # a diagonal metric
+    p, v = _walks()
+    num_chains, num_leaves, dim = p.shape
     num_slots = DEPTH + 1
     slots = B.asarray(np.repeat(np.arange(num_slots), 2).reshape(num_slots, 2))
     offsets = B.asarray(np.tile(np.arange(2), num_slots).reshape(num_slots, 2))
@@ -69,11 +75,8 @@ def test_iterative_checks_equal_the_direct_checks(B):
 def test_extra_checks_decide_cases_the_whole_subtree_check_misses():
     """The check pairs of Stan 2.26 matter: on these walks some leaves turn by check 2 or 3
     only (so the test above would catch a kernel that dropped them)."""
-    rng = np.random.default_rng(0)
-    num_chains, num_leaves, dim = 64, 2 ** (DEPTH - 1), 2
-    drift = rng.normal(size=(num_chains, 1, dim))
-    p = drift + 0.8 * rng.normal(size=(num_chains, num_leaves, dim))
-    v = p * rng.uniform(0.5, 2.0, size=(num_chains, 1, dim))
+    p, v = _walks()
+    num_chains, num_leaves, _ = p.shape
     only_extra = 0
     for n in range(3, num_leaves, 2):
         whole = np.zeros(num_chains, dtype=bool)
