@@ -140,6 +140,20 @@ class TracedFunction:
                 out.insert(i, c)
         return optree.tree_unflatten(out_def, list(out))
 
+    def traced_graph(self, *args):
+        """``(graph, out_def, consts)`` traced for the signature of ``args``, or None when
+        calls with that signature do not run a graph (yet): ``graph(*tensors)`` takes the
+        tensor leaves of such arguments in order and returns the tensor outputs, to which the
+        constant outputs ``consts`` ({index: value}) are added before unflattening with
+        ``out_def``. For callers that call with one signature many times and skip the
+        per-call signature check (:meth:`TorchBackend.host_function`)."""
+        sig = _signature(args)
+        entry = None if sig is None else self._graphs.get(sig[1])
+        if not isinstance(entry, tuple):
+            return None
+        graph, (out_def, consts) = entry
+        return graph, out_def, consts
+
     @property
     def num_traced(self) -> int:
         """Number of input signatures run through a traced graph."""

@@ -95,7 +95,7 @@ CONTRACT = {
         "stop_gradient", "custom_vjp",
     ),
     "control_flow": ("cond", "switch", "while_loop", "fori_loop", "scan", "map"),
-    "transforms": ("jit", "compile_pure", "vmap", "pure_callback"),
+    "transforms": ("jit", "compile_pure", "host_function", "vmap", "pure_callback"),
     "pytrees": (
         "tree_flatten", "tree_unflatten", "tree_map", "tree_leaves", "tree_structure",
         "ravel_pytree",
@@ -1144,6 +1144,38 @@ class Backend:
         runs eagerly. Elsewhere ``fun`` unchanged. The results equal ``fun``'s up to rounding.
         """
         return fun
+
+    def host_function(self, fun: Callable, x, *args) -> Callable:
+        """``x -> fun(x, *args)`` between host NumPy arrays, for loops that keep their state on
+        the host (the eager NUTS transition) and call ``fun`` once per step.
+
+        Parameters
+        ----------
+        fun : callable
+            ``fun(x, *args)`` returning a pytree of Arrays, usually a :meth:`compile_pure`
+            function (a log density's value and gradient).
+        x : numpy.ndarray
+            An example of the varying argument: the returned function is for host arrays of
+            its shape and dtype.
+        *args
+            The fixed arguments (Arrays, Python scalars).
+
+        Returns
+        -------
+        callable
+            ``call(x: numpy.ndarray) -> list`` of the NumPy leaves of ``fun(x, *args)`` in tree
+            order. The leaves may share memory with ``x``, the arguments or each other: read
+            them, never write into them. Here: ``asarray``, the call and ``to_numpy``; torch
+            runs a graph :meth:`compile_pure` has traced for this signature directly (no
+            per-call signature check, conversions without copies), which saves about 6 us a
+            call.
+        """
+        asarray, to_numpy, leaves = self.asarray, self.to_numpy, self.tree_leaves
+
+        def call(x):
+            return [to_numpy(leaf) for leaf in leaves(fun(asarray(x), *args))]
+
+        return call
 
     def vmap(self, fun: Callable, in_axes=0, out_axes=0):
         """Vectorise ``fun`` over an axis of its arguments (``jax.vmap`` semantics).

@@ -262,6 +262,16 @@ class NumpyBackend(Backend):
             x = x._value
         return np.array(x, copy=True)
 
+    def host_function(self, fun, x, *args):
+        """``x -> fun(x, *args)`` on host arrays: here no conversion at all (see
+        :meth:`Backend.host_function`)."""
+        leaves = self.tree_leaves
+
+        def call(x):
+            return leaves(fun(x, *args))
+
+        return call
+
     def logsumexp(self, x, axis=None, keepdims=False):
         return asp.logsumexp(x, axis=axis, keepdims=keepdims)
 

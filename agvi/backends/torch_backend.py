@@ -1753,6 +1753,28 @@ class TorchBackend(Backend):
         with ``trace=False`` (see the class) ``fun`` itself."""
         return TracedFunction(fun) if self.compiles_pure else fun
 
+    def host_function(self, fun, x, *args):
+        """``x -> fun(x, *args)`` on host arrays (see :meth:`Backend.host_function`). When
+        ``fun`` is a :meth:`compile_pure` function already traced for this signature on the
+        CPU, its graph runs directly: the host array enters with ``torch.from_numpy`` and the
+        results leave with ``Tensor.numpy``, neither copying."""
+        traced = None
+        if isinstance(fun, TracedFunction) and self._cpu and isinstance(x, np.ndarray) \
+                and x.dtype == _NP_OF.get(self._float):
+            traced = fun.traced_graph(torch.from_numpy(x), *args)
+        if traced is None or traced[2]:
+            return super().host_function(fun, x, *args)
+        graph, _, _ = traced
+        tensors = [leaf for leaf in optree.tree_leaves(args, none_is_leaf=True)
+                   if isinstance(leaf, _Tensor)]
+        from_numpy = torch.from_numpy
+
+        def call(x):
+            t = from_numpy(x) if x.flags.writeable else from_numpy(x.copy())
+            return [out.numpy() for out in graph(t, *tensors)]
+
+        return call
+
     def vmap(self, fun, in_axes=0, out_axes=0):
         """``torch.func.vmap`` with JAX's argument names (``in_axes``, ``out_axes``).
 

@@ -2593,6 +2593,44 @@ def check_compile_pure(B):
         _expect(B, drawn(xb) - drawn(xb), np.zeros(3), what="compile_pure with a random draw")
 
 
+@_register("host_function")
+def check_host_function(B):
+    (_, x), (yb, y) = _pair(B, [0.3, -1.2, 2.0]), _pair(B, [0.5, 1.5, -0.7])
+
+    def density(a, data, scale):
+        return B.sum(B.log1p(B.exp(a * data["y"])) - 0.5 * scale * a * a)
+
+    vg = B.compile_pure(B.value_and_grad(density))
+    host_x = x.astype(B.precision)
+    for _ in range(2):   # torch traces on the second call: the third runs the graph directly
+        vg(B.asarray(host_x), {"y": yb}, 2.0)
+    call = B.host_function(vg, host_x, {"y": yb}, 2.0)
+    read_only = host_x.copy()
+    read_only.flags.writeable = False
+    for point in (host_x, -host_x, read_only):
+        p = point.astype(np.float64)
+        leaves = call(point)
+        _require(len(leaves) == 2 and all(isinstance(leaf, (np.ndarray, np.generic))
+                                          for leaf in leaves),
+                 f"host_function must return a list of NumPy leaves, got {leaves!r}")
+        value, grad = leaves
+        _require(np.shape(value) == () and np.shape(grad) == (3,),
+                 f"host_function leaves of shapes () and (3,), got {np.shape(value)}, "
+                 f"{np.shape(grad)}")
+        want = np.sum(np.log1p(np.exp(p * y)) - p * p)
+        _require(np.allclose(float(value), want, rtol=4 * _rtol(B, VALUE_RTOL), atol=0),
+                 f"host_function value {float(value)!r}, expected {want!r}")
+        want = y / (1 + np.exp(-p * y)) - 2.0 * p
+        _require(np.allclose(np.asarray(grad, np.float64), want,
+                             rtol=4 * _rtol(B, GRAD_RTOL), atol=0),
+                 f"host_function gradient {grad!r}, expected {want!r}")
+    plain = B.host_function(lambda a: (a * 2.0, B.sum(a)), host_x)   # not compiled, no args
+    twice, total = plain(host_x)
+    _require(np.allclose(np.asarray(twice, np.float64), 2 * x) and np.isclose(float(total),
+                                                                              x.sum()),
+             "host_function of a plain function")
+
+
 @_register("vmap")
 def check_vmap(B):
     rng = _rng(30)

@@ -119,6 +119,16 @@ class BoundLogDensity:
         """``(logdensity (), grad (d,))`` at one point ``x`` (d,)."""
         return self.compiled.value_and_grad_one(x, self.args)
 
+    def host_value_and_grad(self, x):
+        """The value and gradient between host arrays shaped like ``x`` (NumPy, (d,) or
+        (C, d)): ``call(x) -> [logdensity, grad]`` with NumPy leaves of shapes () and (d,), or
+        (C,) and (C, d) (see ``Backend.host_function``), for the eager NUTS transition."""
+        B = get_backend()
+        if x.ndim == 1:
+            return B.host_function(self.compiled.value_and_grad_one, x, self.args)
+        batched = B.host_function(self.compiled.value_and_grad_batched, x, self.args)
+        return lambda x: batched(x)[1:]   # leaves (sum, values, grad): drop the sum
+
     def value_and_grad(self, position):
         """``(logdensity (C,), grad (C, d))`` at ``position`` (C, d), as
         :func:`logdensity_and_grad_fn` computes them."""

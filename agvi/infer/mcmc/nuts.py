@@ -77,7 +77,6 @@ from .integrators import (
 from .metrics import gaussian_euclidean
 from .proposal import progressive_biased_sampling, progressive_uniform_sampling, select
 from .termination import (
-    _ACROSS_PAIRS,
     init_checkpoints,
     is_iterative_turning,
     turning_across,
@@ -331,9 +330,15 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
     # eager backends run each chain with Python control flow on host NumPy vectors, gradients
     # batched over chains (same algorithm, noise and results; see _eager_chains)
     eager = not B.compiles_control_flow and integrator is velocity_verlet
-    value_and_grad_one = (logdensity_fn.value_and_grad_one
-                          if isinstance(logdensity_fn, BoundLogDensity)
-                          else B.value_and_grad(logdensity_fn))
+    if not eager:
+        host_value_and_grad = None
+    elif isinstance(logdensity_fn, BoundLogDensity):
+        host_value_and_grad = logdensity_fn.host_value_and_grad
+    else:
+        value_and_grad_one = B.value_and_grad(logdensity_fn)
+
+        def host_value_and_grad(x):
+            return B.host_function(value_and_grad_one if x.ndim == 1 else value_and_grad, x)
     max_depth = max_tree_depth
     neg_inf, inf = -math.inf, math.inf
     bool_dtype = B.dtype("bool")
@@ -344,7 +349,7 @@ def build_kernel(logdensity_fn: Callable, *, max_tree_depth: int = 10,
         dtype = B.dtype_of(position)
         step_size = _per_chain(B, step_size, num_chains, dtype)
         if eager:
-            return _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
+            return _eager_chains(B, host_value_and_grad, keys, state, step_size,
                                  inverse_mass_matrix, noise, max_depth, delta_energy_max)
         batched = num_chains > 1
         pick = _picker(B, num_chains)
@@ -561,7 +566,7 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
     inf = math.inf
     if imm.ndim == 2:
         def velocity(p):
-            return imm @ p
+            return imm.dot(p)
     else:
         def velocity(p):
             return imm * p
@@ -573,7 +578,7 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
         return log(u) if u > 0 else -inf
 
     v0 = velocity(momentum)
-    energy0 = 0.5 * float(momentum @ v0) - logdensity
+    energy0 = 0.5 * float(momentum.dot(v0)) - logdensity
     # ends: (position, momentum, grad, velocity); index 0 left, 1 right
     ends = [(position, momentum, grad, v0)] * 2
     proposal = (position, logdensity, grad, energy0)
@@ -600,7 +605,7 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
             ld, g = yield x
             p = p + h * g
             v = velocity(p)
-            energy = 0.5 * float(p @ v) - ld
+            energy = 0.5 * float(p.dot(v)) - ld
             lw = energy0 - energy
             if not lw < inf:        # NaN or +-inf energy: weight 0, divergent
                 lw = -inf
@@ -623,7 +628,7 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
                 else:   # check 2 of the sub-subtree whose midpoint is this leaf
                     start = rows[slot - 1]
                     rho = new_sum - start.sum_prev
-                    between[slot] = min(float(start.velocity @ rho), float(v @ rho))
+                    between[slot] = min(float(start.velocity.dot(rho)), float(v.dot(rho)))
                     rows[slot] = _Row(v, v_prev, momentum_sum, momentum_sum - p_prev)
             else:
                 # the sub-subtrees completed here start at slots idx_min..idx_max
@@ -632,13 +637,13 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
                 for i in range(idx_max, idx_min - 1, -1):
                     row = rows[i]
                     rho = new_sum - row.sum_prev
-                    if not (float(row.velocity @ rho) > 0 and float(v @ rho) > 0):
+                    if not (row.velocity.dot(rho) > 0 and v.dot(rho) > 0):
                         stop = "turn"
                         break
                     if i > idx_min:   # the slot is the midpoint of a size >= 4 sub-subtree
                         rho = new_sum - row.sum_prev2
-                        if not (between[i] > 0 and float(row.velocity_prev @ rho) > 0
-                                and float(v @ rho) > 0):
+                        if not (between[i] > 0 and row.velocity_prev.dot(rho) > 0
+                                and v.dot(rho) > 0):
                             stop = "turn"
                             break
                 if stop:
@@ -659,9 +664,14 @@ def _one_chain(position, logdensity, grad, momentum, going_right, u_subtree, u_l
         v_outer = ends[1 - right][3]                  # old trajectory, outer end
         ends[right] = (x, p, g, v)
         sum_new = momentum_sum - sum_before
-        sums = np.stack([sum_before + sum_new, sum_before + first[0], sum_new + p_inner], axis=1)
-        dots = np.stack([v_outer, v, first[1], v_inner]) @ sums   # (4, 3)
-        if not np.all(dots[_ACROSS_PAIRS] > 0):
+        # the three checks across the join (as turning_across): each sum against its pair of
+        # velocities, (old outer, new outer), (old outer, new inner), (new outer, old inner)
+        whole = sum_before + sum_new
+        with_new_inner = sum_before + first[0]
+        with_old_inner = sum_new + p_inner
+        if not (v_outer.dot(whole) > 0 and v.dot(whole) > 0
+                and v_outer.dot(with_new_inner) > 0 and first[1].dot(with_new_inner) > 0
+                and v.dot(with_old_inner) > 0 and v_inner.dot(with_old_inner) > 0):
             turning = True
             break
     x, ld, g, energy = proposal
@@ -705,8 +715,8 @@ def _host_noise(B, keys, dim, dtype, imm, max_depth):
         leaves.append(_LeafUniforms(
             u[-1][2 * max_depth:head].tolist(),
             lambda keys3=keys3: host(_tail_one(B, keys3, dtype, max_depth)).tolist()))
-    z = np.stack(z)
-    u = np.stack(u)
+    z = np.array(z)   # np.array: a third of np.stack's cost for a few vectors
+    u = np.array(u)
     if imm.ndim == 2:
         return z / np.sqrt(imm), u, leaves
     # dense: p = L^{-T} z with M^{-1} = L L^T, as the metric draws it
@@ -714,8 +724,8 @@ def _host_noise(B, keys, dim, dtype, imm, max_depth):
     return np.linalg.solve(np.swapaxes(chol, -1, -2), z[..., None])[..., 0], u, leaves
 
 
-def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
-                  inverse_mass_matrix, noise, max_depth, delta_energy_max):
+def _eager_chains(B, host_value_and_grad, keys, state, step_size, inverse_mass_matrix, noise,
+                  max_depth, delta_energy_max):
     """The NUTS transition of :func:`build_kernel` on an eager backend, C chains.
 
     Each chain runs :func:`_one_chain` (the same algorithm, consuming the same noise in the same
@@ -749,19 +759,23 @@ def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
     requests = {}
     for c, chain in chains.items():
         requests[c] = next(chain)
+    calls = {}   # number of chains evaluated together -> host value-and-gradient function
     while requests:
         if len(requests) == 1:   # no stacking, no vmap: the cheapest call on eager frameworks
             (c, x), = requests.items()
-            ld, g = value_and_grad_one(B.asarray(x, dtype=dtype))
+            call = calls.get(0) or calls.setdefault(0, host_value_and_grad(x))
+            ld, g = call(x)
             try:
-                requests[c] = chains[c].send((float(ld), host(g)))
+                requests[c] = chains[c].send((float(ld), g))
             except StopIteration as done:
                 results[c] = done.value
                 del requests[c]
             continue
         order = list(requests)
-        ld, g = value_and_grad(B.asarray(np.stack([requests[c] for c in order]), dtype=dtype))
-        ld, g = host(ld).tolist(), host(g)
+        xs = np.array([requests[c] for c in order])
+        call = calls.get(len(order)) or calls.setdefault(len(order), host_value_and_grad(xs))
+        ld, g = call(xs)
+        ld = ld.tolist()
         for row, c in enumerate(order):
             try:
                 requests[c] = chains[c].send((ld[row], g[row]))
@@ -771,7 +785,7 @@ def _eager_chains(B, value_and_grad, value_and_grad_one, keys, state, step_size,
     x, ld, g, energy, info = zip(*results)
     diverging, turning, depth, num_steps, accept, nonfinite = zip(*info)
     # four conversions in all (each costs a few microseconds on an eager framework)
-    vectors = B.asarray(np.stack([np.stack(x), np.stack(g), momentum_host]), dtype=dtype)
+    vectors = B.asarray(np.array([x, g, momentum_host]), dtype=dtype)
     floats = B.asarray(np.array([ld, energy, accept]), dtype=dtype)               # (3, C)
     ints = B.asarray(np.array([depth, num_steps, nonfinite]), dtype=B.int_dtype)  # (3, C)
     flags = B.asarray(np.array([diverging, turning]), dtype=B.dtype("bool"))      # (2, C)
