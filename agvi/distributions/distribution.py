@@ -50,7 +50,9 @@ def broadcast_params(B, *params):
     shapes = [tuple(B.shape(a)) for a in arrays]
     if all(s == shapes[0] for s in shapes):   # the common case: no broadcasting to do
         return arrays, shapes[0]
-    shape = B.broadcast_shapes(*shapes)
+    others = {s for s in shapes if s}
+    # next most common: scalars with arrays of one shape (Normal(0.0, scale))
+    shape = others.pop() if len(others) == 1 else B.broadcast_shapes(*shapes)
     return [a if s == shape else B.broadcast_to(a, shape)
             for a, s in zip(arrays, shapes, strict=True)], shape
 
