@@ -140,15 +140,20 @@ class TracedFunction:
                 out.insert(i, c)
         return optree.tree_unflatten(out_def, list(out))
 
-    def traced_graph(self, *args):
-        """``(graph, out_def, consts)`` traced for the signature of ``args``, or None when
-        calls with that signature do not run a graph (yet): ``graph(*tensors)`` takes the
-        tensor leaves of such arguments in order and returns the tensor outputs, to which the
-        constant outputs ``consts`` ({index: value}) are added before unflattening with
-        ``out_def``. For callers that call with one signature many times and skip the
-        per-call signature check (:meth:`TorchBackend.host_function`)."""
-        sig = _signature(args)
-        entry = None if sig is None else self._graphs.get(sig[1])
+    def signature(self, *args):
+        """``(tensors, key)`` of a call with ``args``: its tensor leaves in order and its
+        signature key, or None when such a call runs eagerly whatever happens (see
+        :meth:`__call__`)."""
+        return _signature(args)
+
+    def traced_graph(self, key):
+        """``(graph, out_def, consts)`` traced for the signature ``key`` (from
+        :meth:`signature`), or None while calls with it do not run a graph (not traced yet, or
+        untraceable): ``graph(*tensors)`` takes the call's tensor leaves in order and returns
+        its tensor outputs, to which the constant outputs ``consts`` ({index: value}) are added
+        before unflattening with ``out_def``. For callers that call with one signature many
+        times and skip the per-call signature check (:meth:`TorchBackend.host_function`)."""
+        entry = self._graphs.get(key)
         if not isinstance(entry, tuple):
             return None
         graph, (out_def, consts) = entry

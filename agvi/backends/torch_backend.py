@@ -1754,22 +1754,29 @@ class TorchBackend(Backend):
         return TracedFunction(fun) if self.compiles_pure else fun
 
     def host_function(self, fun, x, *args):
-        """``x -> fun(x, *args)`` on host arrays (see :meth:`Backend.host_function`). When
-        ``fun`` is a :meth:`compile_pure` function already traced for this signature on the
-        CPU, its graph runs directly: the host array enters with ``torch.from_numpy`` and the
+        """``x -> fun(x, *args)`` on host arrays (see :meth:`Backend.host_function`). Once
+        ``fun``, a :meth:`compile_pure` function, has traced a graph for this signature on the
+        CPU, the graph runs directly: the host array enters with ``torch.from_numpy`` and the
         results leave with ``Tensor.numpy``, neither copying."""
-        traced = None
-        if isinstance(fun, TracedFunction) and self._cpu and isinstance(x, np.ndarray) \
-                and x.dtype == _NP_OF.get(self._float):
-            traced = fun.traced_graph(torch.from_numpy(x), *args)
-        if traced is None or traced[2]:
-            return super().host_function(fun, x, *args)
-        graph, _, _ = traced
-        tensors = [leaf for leaf in optree.tree_leaves(args, none_is_leaf=True)
-                   if isinstance(leaf, _Tensor)]
+        generic = super().host_function(fun, x, *args)
+        if not (isinstance(fun, TracedFunction) and self._cpu and isinstance(x, np.ndarray)
+                and x.dtype == _NP_OF.get(self._float)):
+            return generic
+        sig = fun.signature(torch.from_numpy(x), *args)
+        if sig is None:
+            return generic
+        tensors, key = sig
+        tensors = tensors[1:]   # the arguments' tensors, after x's
         from_numpy = torch.from_numpy
+        graph = None
 
         def call(x):
+            nonlocal graph
+            if graph is None:   # until the graph is traced (the second call traces)
+                traced = fun.traced_graph(key)
+                if traced is None or traced[2]:   # (constant outputs: the generic path)
+                    return generic(x)
+                graph = traced[0]
             t = from_numpy(x) if x.flags.writeable else from_numpy(x.copy())
             return [out.numpy() for out in graph(t, *tensors)]
 

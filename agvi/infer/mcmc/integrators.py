@@ -111,6 +111,7 @@ class BoundLogDensity:
 
     def __init__(self, compiled: CompiledLogDensity, args):
         self.compiled, self.args = compiled, args
+        self._host = {}   # (shape, dtype) -> host_value_and_grad's function
 
     def __call__(self, x):
         return self.compiled.fn(x, self.args)
@@ -123,11 +124,17 @@ class BoundLogDensity:
         """The value and gradient between host arrays shaped like ``x`` (NumPy, (d,) or
         (C, d)): ``call(x) -> [logdensity, grad]`` with NumPy leaves of shapes () and (d,), or
         (C,) and (C, d) (see ``Backend.host_function``), for the eager NUTS transition."""
-        B = get_backend()
-        if x.ndim == 1:
-            return B.host_function(self.compiled.value_and_grad_one, x, self.args)
-        batched = B.host_function(self.compiled.value_and_grad_batched, x, self.args)
-        return lambda x: batched(x)[1:]   # leaves (sum, values, grad): drop the sum
+        key = (x.shape, x.dtype)
+        call = self._host.get(key)
+        if call is None:
+            B = get_backend()
+            if x.ndim == 1:
+                call = B.host_function(self.compiled.value_and_grad_one, x, self.args)
+            else:
+                batched = B.host_function(self.compiled.value_and_grad_batched, x, self.args)
+                call = lambda x: batched(x)[1:]   # noqa: E731  (leaves (sum, values, grad))
+            self._host[key] = call
+        return call
 
     def value_and_grad(self, position):
         """``(logdensity (C,), grad (C, d))`` at ``position`` (C, d), as

@@ -686,7 +686,7 @@ def _as_key(B, key):
 
 def _fold_host(B, keys_host, data):
     """Keys ``fold_in(k, data)`` of the host keys ``keys_host`` (n, 2), as NumPy (n, 2)."""
-    return np.stack([B.key_data(B.fold_in(k, int(data))) for k in keys_host])
+    return np.array([B.key_data(B.fold_in(k, int(data))) for k in keys_host])
 
 
 def _fold(B, keys_host, data):
