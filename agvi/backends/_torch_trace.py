@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from typing import NamedTuple
 
 import optree
 import torch
@@ -112,7 +113,9 @@ class TracedFunction:
 
     def __init__(self, fun):
         self.fun = fun
-        self._graphs = {}   # signature -> (graph, (output treedef, constants)), or a state
+        # signature -> (graph, (output treedef, constants), fx graph module), or a state
+        self._graphs = {}
+        self._partials = {}   # signature -> _Partial or None (see partial)
 
     def __call__(self, *args):
         if _peek_interpreter_stack() is not None:
@@ -132,7 +135,7 @@ class TracedFunction:
             self._graphs[key] = entry = self._trace(args, tensors, key[0])
         if entry is _EAGER:
             return self.fun(*args)
-        graph, (out_def, consts) = entry   # no input carries derivatives: no autograd graph
+        graph, (out_def, consts), _ = entry   # no input carries derivatives: no autograd graph
         out = graph(*tensors)
         if consts:
             out = list(out)
@@ -146,18 +149,26 @@ class TracedFunction:
         :meth:`__call__`)."""
         return _signature(args)
 
-    def traced_graph(self, key):
-        """``(graph, out_def, consts)`` traced for the signature ``key`` (from
-        :meth:`signature`), or None while calls with it do not run a graph (not traced yet, or
-        untraceable): ``graph(*tensors)`` takes the call's tensor leaves in order and returns
-        its tensor outputs, to which the constant outputs ``consts`` ({index: value}) are added
-        before unflattening with ``out_def``. For callers that call with one signature many
-        times and skip the per-call signature check (:meth:`TorchBackend.host_function`)."""
+    def partial(self, key, fixed, example):
+        """The call of signature ``key`` (from :meth:`signature`) as a function of its first
+        tensor leaf alone, the other tensor leaves fixed to ``fixed``: ``call(t) -> tuple`` of
+        the output tensors. What depends on the fixed leaves alone (the data's logarithms,
+        reciprocals, transposes in a log density's gradient) is computed once, now: loop-
+        invariant code motion on the traced graph (:func:`_split_invariant`, checked once at
+        ``example``, a first leaf). None while calls with ``key`` do not run a graph (not
+        traced yet, or untraceable) or when the outputs include constants. For callers that
+        call with one signature many times and skip the per-call signature check
+        (:meth:`TorchBackend.host_function`)."""
         entry = self._graphs.get(key)
-        if not isinstance(entry, tuple):
+        if not isinstance(entry, tuple) or entry[1][1]:
             return None
-        graph, (out_def, consts) = entry
-        return graph, out_def, consts
+        graph = entry[0]
+        if key not in self._partials:
+            self._partials[key] = _Partial.build(entry[2], graph, fixed, example)
+        part = self._partials[key]
+        if part is None:   # nothing to hoist (or the split failed): the whole graph
+            return lambda t: graph(t, *fixed)
+        return part.bind(fixed)
 
     @property
     def num_traced(self) -> int:
@@ -202,4 +213,103 @@ class TracedFunction:
             got = graph(*tensors)
         want = [w for w in optree.tree_leaves(self.fun(*args), none_is_leaf=True)
                 if not isinstance(w, STATIC_SCALARS)]
-        return (graph, out_box[-1]) if _agree(got, want) else _EAGER
+        return (graph, out_box[-1], gm) if _agree(got, want) else _EAGER
+
+
+_IDENTITY_OPS = (torch.ops.aten.detach.default, torch.ops.aten.alias.default)
+
+
+def _split_invariant(gm):
+    """``gm`` (a traced graph whose first placeholder varies and the others stay fixed) split
+    in two: ``(invariant, varying, hoisted, used)``.
+
+    ``invariant(*fixed)`` (a ``torch.fx.GraphModule``) returns the values of ``hoisted``, the
+    nodes that depend on fixed placeholders and constants only and are used by nodes that
+    depend on the varying one (or are outputs); ``varying(x, *hoisted_values, *fixed[used])``
+    computes the outputs from them, with ``detach``/``alias`` (no-ops without autograd) and
+    ``pow(z, 1)`` (from the derivative of a square) removed. None when a hoisted value is not a
+    tensor or nothing would be hoisted.
+    """
+    import torch.fx as fx
+
+    graph = gm.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    output = next(n for n in graph.nodes if n.op == "output")
+    varying = {placeholders[0]}
+    for n in graph.nodes:
+        if n.op not in ("placeholder", "output") and any(
+                a in varying for a in n.all_input_nodes):
+            varying.add(n)
+    computed = [n for n in graph.nodes if n.op not in ("placeholder", "output")
+                and n not in varying]
+    hoisted = [n for n in computed if any(u in varying or u is output for u in n.users)]
+    if not hoisted or not all(isinstance(n.meta.get("val"), torch.Tensor) for n in hoisted):
+        return None
+    fixed = placeholders[1:]
+    used = [i for i, p in enumerate(fixed) if any(u in varying or u is output for u in p.users)]
+
+    inv, env = fx.Graph(), {}
+    for p in fixed:
+        env[p] = inv.placeholder(p.name)
+    for n in computed:
+        env[n] = inv.node_copy(n, lambda a: env[a])
+    inv.output(tuple(env[n] for n in hoisted))
+    inv.eliminate_dead_code()
+
+    var, env = fx.Graph(), {}
+    env[placeholders[0]] = var.placeholder(placeholders[0].name)
+    for n in hoisted:
+        env[n] = var.placeholder(f"{n.name}_hoisted")
+    for i in used:
+        env[fixed[i]] = var.placeholder(fixed[i].name)
+    for n in graph.nodes:
+        if n not in varying or n.op == "placeholder":
+            continue
+        if n.target in _IDENTITY_OPS or (n.target is torch.ops.aten.pow.Tensor_Scalar
+                                         and n.args[1] == 1):
+            env[n] = env[n.args[0]]
+        else:
+            env[n] = var.node_copy(n, lambda a: env[a])
+    var.output(fx.node.map_arg(output.args[0], lambda a: env[a]))
+    var.eliminate_dead_code()
+    return fx.GraphModule(gm, inv), fx.GraphModule(gm, var), hoisted, used
+
+
+class _Partial(NamedTuple):
+    """A traced graph split by :func:`_split_invariant`, the varying part run by TorchScript."""
+
+    invariant: object   # fixed tensors -> hoisted values (run once per bind, as Python)
+    varying: object     # (x, *hoisted values, *used fixed tensors) -> outputs
+    used: tuple         # indices of the fixed tensors the varying part takes
+
+    @staticmethod
+    def build(gm, graph, fixed, example):
+        """The split of ``gm`` (whose TorchScript form is ``graph``) checked against ``graph``
+        at ``example`` (a first tensor leaf), or None where there is nothing to hoist or the
+        split fails."""
+        try:
+            split = _split_invariant(gm)
+            if split is None:
+                return None
+            inv, var, _, used = split
+            with torch.no_grad():
+                hoisted = tuple(inv(*fixed))
+                args = (example, *hoisted, *(fixed[i] for i in used))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        var = torch.jit.trace(var, args, check_trace=False)
+                    except Exception:
+                        pass
+                if not _agree(var(*args), graph(example, *fixed)):
+                    return None
+        except Exception:   # anything unexpected: the whole graph instead
+            return None
+        return _Partial(inv, var, tuple(used))
+
+    def bind(self, fixed):
+        """``call(t) -> outputs`` with the invariant part computed once from ``fixed``."""
+        with torch.no_grad():
+            rest = (*self.invariant(*fixed), *(fixed[i] for i in self.used))
+        varying = self.varying
+        return lambda t: varying(t, *rest)

@@ -1756,8 +1756,9 @@ class TorchBackend(Backend):
     def host_function(self, fun, x, *args):
         """``x -> fun(x, *args)`` on host arrays (see :meth:`Backend.host_function`). Once
         ``fun``, a :meth:`compile_pure` function, has traced a graph for this signature on the
-        CPU, the graph runs directly: the host array enters with ``torch.from_numpy`` and the
-        results leave with ``Tensor.numpy``, neither copying."""
+        CPU, the graph runs directly, with what depends on ``args`` alone computed once
+        (:meth:`TracedFunction.partial`): the host array enters with ``torch.from_numpy`` and
+        the results leave with ``Tensor.numpy``, neither copying."""
         generic = super().host_function(fun, x, *args)
         if not (isinstance(fun, TracedFunction) and self._cpu and isinstance(x, np.ndarray)
                 and x.dtype == _NP_OF.get(self._float)):
@@ -1772,13 +1773,12 @@ class TorchBackend(Backend):
 
         def call(x):
             nonlocal graph
-            if graph is None:   # until the graph is traced (the second call traces)
-                traced = fun.traced_graph(key)
-                if traced is None or traced[2]:   # (constant outputs: the generic path)
-                    return generic(x)
-                graph = traced[0]
             t = from_numpy(x) if x.flags.writeable else from_numpy(x.copy())
-            return [out.numpy() for out in graph(t, *tensors)]
+            if graph is None:   # until the graph is traced (the second call traces)
+                graph = fun.partial(key, tensors, t)
+                if graph is None:
+                    return generic(x)
+            return [out.numpy() for out in graph(t)]
 
         return call
 
