@@ -38,7 +38,7 @@ from .base import STATIC_SCALARS
 __all__ = ["TracedFunction", "Untraceable", "check_not_tracing", "tracing"]
 
 _STATE = threading.local()
-# the states of a signature in TracedFunction._graphs besides a traced (graph, outputs) pair
+# the states of a signature in TracedFunction._graphs besides a traced entry
 _SEEN_ONCE = "seen once"   # ran eagerly once; the next call traces
 _EAGER = None              # untraceable: always eager
 

@@ -1166,9 +1166,9 @@ class Backend:
             ``call(x: numpy.ndarray) -> list`` of the NumPy leaves of ``fun(x, *args)`` in tree
             order. The leaves may share memory with ``x``, the arguments or each other: read
             them, never write into them. Here: ``asarray``, the call and ``to_numpy``; torch
-            runs a graph :meth:`compile_pure` has traced for this signature directly (no
-            per-call signature check, conversions without copies), which saves about 6 us a
-            call.
+            runs the graph :meth:`compile_pure` has traced for this signature directly, with
+            what depends on ``args`` alone computed once (about 13 us less a call on a
+            100-dimensional Gaussian's value and gradient).
         """
         asarray, to_numpy, leaves = self.asarray, self.to_numpy, self.tree_leaves
 
