@@ -221,10 +221,10 @@ _IDENTITY_OPS = (torch.ops.aten.detach.default, torch.ops.aten.alias.default)
 
 def _split_invariant(gm):
     """``gm`` (a traced graph whose first placeholder varies and the others stay fixed) split
-    in two: ``(invariant, varying, hoisted, used)``.
+    in two: ``(invariant, varying, used)``.
 
-    ``invariant(*fixed)`` (a ``torch.fx.GraphModule``) returns the values of ``hoisted``, the
-    nodes that depend on fixed placeholders and constants only and are used by nodes that
+    ``invariant(*fixed)`` (a ``torch.fx.GraphModule``) returns the values of the hoisted
+    nodes: those that depend on fixed placeholders and constants only and are used by nodes that
     depend on the varying one (or are outputs); ``varying(x, *hoisted_values, *fixed[used])``
     computes the outputs from them, with ``detach``/``alias`` (no-ops without autograd) and
     ``pow(z, 1)`` (from the derivative of a square) removed. None when a hoisted value is not a
@@ -272,7 +272,7 @@ def _split_invariant(gm):
             env[n] = var.node_copy(n, lambda a: env[a])
     var.output(fx.node.map_arg(output.args[0], lambda a: env[a]))
     var.eliminate_dead_code()
-    return fx.GraphModule(gm, inv), fx.GraphModule(gm, var), hoisted, used
+    return fx.GraphModule(gm, inv), fx.GraphModule(gm, var), used
 
 
 class _Partial(NamedTuple):
@@ -291,7 +291,7 @@ class _Partial(NamedTuple):
             split = _split_invariant(gm)
             if split is None:
                 return None
-            inv, var, _, used = split
+            inv, var, used = split
             with torch.no_grad():
                 hoisted = tuple(inv(*fixed))
                 args = (example, *hoisted, *(fixed[i] for i in used))
