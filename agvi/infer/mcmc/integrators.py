@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+import numpy as np
+
 from ...backends import get_backend
 
 __all__ = ["BoundLogDensity", "CompiledLogDensity", "IntegratorState", "Integrator",
@@ -130,6 +132,13 @@ class BoundLogDensity:
             B = get_backend()
             if x.ndim == 1:
                 call = B.host_function(self.compiled.value_and_grad_one, x, self.args)
+            elif not B.has_vmap:   # one point at a time (see _over_chains)
+                one = self.host_value_and_grad(x[0])
+
+                def call(x):
+                    values = [one(point) for point in x]
+                    return (np.array([value for value, _ in values]),
+                            np.array([grad for _, grad in values]))
             else:
                 batched = B.host_function(self.compiled.value_and_grad_batched, x, self.args)
                 call = lambda x: batched(x)[1:]   # noqa: E731  (leaves (sum, values, grad))
@@ -146,10 +155,19 @@ class BoundLogDensity:
 
 def _over_chains(B, value_and_grad_one, value_and_grad_batched, position):
     """``(logdensity (C,), grad (C, d))`` at ``position`` (C, d): one chain directly (no
-    ``vmap``: much cheaper on eager backends), else the batched ``((sum, values), grad)``."""
-    if B.shape(position)[0] == 1:
+    ``vmap``: much cheaper on eager backends), else the batched ``((sum, values), grad)``.
+
+    Without a native ``vmap`` (NumPy + autograd) the batched function is a loop over the points
+    recorded on one tape: one tape per point costs less (gaussian100, 4 chains: 4 x 81 us
+    against 470 us), so the points are evaluated one at a time there."""
+    num_chains = B.shape(position)[0]
+    if num_chains == 1:
         logdensity, grad = value_and_grad_one(position[0])
         return B.reshape(logdensity, (1,)), grad[None]
+    if not B.has_vmap:
+        values = [value_and_grad_one(position[c]) for c in range(num_chains)]
+        return (B.stack([value for value, _ in values]),
+                B.stack([grad for _, grad in values]))
     (_, logdensity), grad = value_and_grad_batched(position)
     return logdensity, grad
 
